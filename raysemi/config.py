@@ -1,0 +1,246 @@
+"""Typed run configuration: dataclasses loaded from YAML, `--set` overrides, validation.
+
+Everything is checked here, before any Ray work starts: an unknown key, a wrong type or an
+impossible value raises ConfigError naming the key and where it came from (the file or --set).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["camvid", "voc", "cityscapes", "folder"] = "camvid"
+    root: str = ""  # dataset folder; --data-root overrides it
+    num_classes: int | None = None  # required for "folder"; the others know theirs
+    labeled_fraction: str = "1/8"  # 1/16, 1/8, 1/4, 1/2, 1/30 or a decimal
+    split_seed: int = 0
+    labeled_split: str = ""  # ST++/UniMatch split file; given, it replaces fraction and seed
+    unlabeled_split: str = ""
+    val_split: str = ""  # split file; default: the dataset's own val list
+    image_size: list[int] | None = None  # [H, W] resize at load time (CPU-sized runs)
+    crop_size: list[int] = field(default_factory=lambda: [321, 321])  # [H, W]
+    scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    loader_workers: int = 0  # DataLoader processes per Train worker
+
+    def validate(self) -> None:
+        from raysemi.data.splits import parse_fraction
+
+        try:
+            fraction = parse_fraction(self.labeled_fraction)
+        except ValueError as exc:
+            raise ConfigError(f"data.labeled_fraction: {exc}") from None
+        if not 0 < fraction <= 1:
+            _bad("data.labeled_fraction", self.labeled_fraction, "a fraction in (0, 1]")
+        if self.dataset == "folder" and not self.num_classes:
+            _bad("data.num_classes", self.num_classes, "a positive integer for dataset 'folder'")
+        if self.num_classes is not None and not 1 < self.num_classes < 255:
+            _bad("data.num_classes", self.num_classes, "an integer in [2, 254]")
+        _check_size("data.crop_size", self.crop_size)
+        if self.image_size is not None:
+            _check_size("data.image_size", self.image_size)
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            _bad("data.scale", self.scale, "[min, max] with 0 < min <= max")
+        if self.unlabeled_split and not self.labeled_split:
+            _bad("data.unlabeled_split", self.unlabeled_split, "set together with data.labeled_split")
+        if self.loader_workers < 0:
+            _bad("data.loader_workers", self.loader_workers, ">= 0")
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["deeplabv3plus", "pspnet", "deeplabv2", "crosshead"] = "deeplabv3plus"
+    backbone: Literal["resnet18", "resnet50", "resnet101", "efficientnet_lite0"] = "resnet50"
+    output_stride: Literal[8, 16] = 16
+    pretrained: bool = True  # ImageNet weights for the backbone
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 80
+    batch_size: int = 8  # per Train worker
+    lr: float = 0.001  # backbone LR; the head gets lr * head_lr_mult
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    loss: Literal["ce", "ohem"] = "ce"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100_000
+    eval_every: int = 1  # epochs between val evaluations (each one is a checkpoint)
+    eval_mode: Literal["whole", "center_crop", "sliding"] = "whole"
+    eval_crop: list[int] | None = None  # [H, W]; default data.crop_size
+    eval_flip: bool = False
+    log_every: int = 20  # iterations between progress lines
+    num_workers: int = 1  # Ray Train workers per run
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    amp: bool = True  # mixed precision, GPU only
+    max_failures: int = 0  # Ray Train restarts from the last checkpoint
+    seed: int = 0
+
+    def validate(self) -> None:
+        for key in ("epochs", "batch_size", "eval_every", "log_every", "num_workers", "cpus_per_worker"):
+            if getattr(self, key) < 1:
+                _bad(f"train.{key}", getattr(self, key), ">= 1")
+        for key in ("lr", "head_lr_mult", "poly_power"):
+            if getattr(self, key) <= 0:
+                _bad(f"train.{key}", getattr(self, key), "> 0")
+        if not 0 <= self.momentum < 1:
+            _bad("train.momentum", self.momentum, "in [0, 1)")
+        if self.weight_decay < 0:
+            _bad("train.weight_decay", self.weight_decay, ">= 0")
+        if not 0 < self.ohem_thresh <= 1:
+            _bad("train.ohem_thresh", self.ohem_thresh, "in (0, 1]")
+        if self.eval_crop is not None:
+            _check_size("train.eval_crop", self.eval_crop)
+        if self.max_failures < -1:
+            _bad("train.max_failures", self.max_failures, ">= -1 (-1: unlimited)")
+
+
+@dataclass
+class TeachersConfig:
+    t1: ModelConfig = field(default_factory=lambda: ModelConfig(arch="deeplabv3plus"))
+    t2: ModelConfig = field(default_factory=lambda: ModelConfig(arch="pspnet"))
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # "" starts a local Ray; "auto" joins the cluster this runs on
+    num_cpus: int | None = None  # local Ray only; default: all cores
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # for `raysemi train`
+    train: TrainConfig = field(default_factory=TrainConfig)  # schedule of every training stage
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.train.validate()
+        if self.ray.num_cpus is not None and self.ray.num_cpus < 1:
+            _bad("ray.num_cpus", self.ray.num_cpus, ">= 1")
+        if self.train.eval_mode != "whole" and self.train.eval_crop is None and self.data.crop_size is None:
+            _bad("train.eval_crop", None, "a size for eval_mode " + self.train.eval_mode)
+
+
+def _bad(key: str, value: Any, expected: str) -> typing.NoReturn:
+    raise ConfigError(f"{key}: {value!r} is invalid, expected {expected}")
+
+
+def _check_size(key: str, value: list[int]) -> None:
+    if len(value) != 2 or min(value) < 1:
+        _bad(key, value, "[height, width] of positive integers")
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), data_root: str | None = None) -> Config:
+    """Load YAML (or defaults), apply `key.path=value` overrides, convert to typed dataclasses, validate."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item)
+    if data_root:
+        raw.setdefault("data", {})["root"] = data_root
+    try:
+        cfg = from_dict(Config, raw)
+        cfg.validate()
+    except ConfigError as exc:
+        where = f" (in {source}" + (" with --set overrides)" if overrides else ")")
+        raise ConfigError(f"{exc}{where}") from None
+    return cfg
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, data: Any, prefix: str = ""):
+    """Build dataclass `cls` from a plain mapping, checking keys and types recursively."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown key {key!r}; allowed here: {', '.join(sorted(names))}")
+    kwargs = {name: _convert(hints[name], value, f"{prefix}.{name}" if prefix else name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. labeled_fraction: 0.125
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Pipelines: stage order, manifest, skip-if-done."""
