@@ -134,8 +134,6 @@ class Config:
         self.train.validate()
         if self.ray.num_cpus is not None and self.ray.num_cpus < 1:
             _bad("ray.num_cpus", self.ray.num_cpus, ">= 1")
-        if self.train.eval_mode != "whole" and self.train.eval_crop is None and self.data.crop_size is None:
-            _bad("train.eval_crop", None, "a size for eval_mode " + self.train.eval_mode)
 
 
 def _bad(key: str, value: Any, expected: str) -> typing.NoReturn:
