@@ -69,6 +69,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 80
+    iterations: int | None = None  # a step budget instead: epochs = ceil(iterations / iterations per epoch)
     batch_size: int = 8  # per Train worker
     lr: float = 0.001  # backbone LR; the head gets lr * head_lr_mult
     head_lr_mult: float = 10.0
@@ -94,6 +95,8 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "eval_every", "log_every", "num_workers", "cpus_per_worker"):
             if getattr(self, key) < 1:
                 _bad(f"train.{key}", getattr(self, key), ">= 1")
+        if self.iterations is not None and self.iterations < 1:
+            _bad("train.iterations", self.iterations, ">= 1")
         for key in ("lr", "head_lr_mult", "poly_power"):
             if getattr(self, key) <= 0:
                 _bad(f"train.{key}", getattr(self, key), "> 0")

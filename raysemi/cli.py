@@ -1,0 +1,138 @@
+"""The `raysemi` command: parses arguments, loads and validates the config, calls a pipeline."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from raysemi.config import ConfigError, dump_yaml, load_config
+from raysemi.data.datasets import DataError
+
+
+def _common(p: argparse.ArgumentParser, run_required: bool = True) -> None:
+    p.add_argument("--config", help="YAML config file (see experiments/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override one config value, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--run", required=run_required, help="run directory (created if missing; a rerun resumes)")
+    p.add_argument("--data-root", help="dataset folder (default for CamVid: ../shared/datasets/camvid)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysemi", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("teachers", help="train teacher 1 and teacher 2 at once on the labeled images")
+    _common(p)
+    p = sub.add_parser("train", help="train one supervised model on the labeled images (SupOnly)")
+    _common(p)
+    p.add_argument("--stage", default="supervised", help="stage name in the run directory")
+
+    p = sub.add_parser("split", help="write labeled/unlabeled split files for a fraction and a seed")
+    _common(p, run_required=False)
+    p.add_argument("--fraction", help="labeled fraction, e.g. 1/8 (default: data.labeled_fraction)")
+    p.add_argument("--seed", type=int, help="split seed (default: data.split_seed)")
+    p.add_argument("--out", help="folder for labeled.txt and unlabeled.txt (default: RUN/splits)")
+
+    p = sub.add_parser("eval", help="score a checkpoint on a split")
+    _common(p, run_required=False)
+    p.add_argument("--checkpoint", required=True, help="a best.pt file, or a stage name of --run (t1, t2, ...)")
+    p.add_argument("--split", default="val", help="'val', 'train' or a split file (default: val)")
+    p.add_argument("--mode", choices=["whole", "center_crop", "sliding"], default="whole")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop for center_crop/sliding")
+    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
+
+    p = sub.add_parser("predict", help="turn a folder of images into colour-coded and class-id PNG masks")
+    _common(p, run_required=False)
+    p.add_argument("--checkpoint", required=True, help="a best.pt file, or a stage name of --run")
+    p.add_argument("--input", required=True, help="folder of images (png, jpg)")
+    p.add_argument("--output", required=True, help="folder for color/*.png and ids/*.png")
+    p.add_argument("--mode", choices=["whole", "sliding"], default="whole")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--flip", action="store_true")
+
+    p = sub.add_parser("data", help="download and prepare a dataset")
+    p.add_argument("name", choices=["camvid"])
+    p.add_argument("--to", required=True, help="destination folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print(f"raysemi {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        from raysemi.data.camvid_download import download_camvid
+
+        print(f"CamVid ready at {download_camvid(args.to)}")
+        return 0
+
+    cfg = load_config(args.config, args.set, args.data_root)  # validated before any Ray work
+    run = None
+    if args.run:
+        from raysemi.rundir import RunDir, atomic_write_text
+
+        run = RunDir(args.run)
+        atomic_write_text(run.path("config.yaml"), dump_yaml(cfg))
+
+    if args.command == "teachers":
+        from raysemi.pipelines.teachers import run_teachers
+
+        run_teachers(cfg, run)
+    elif args.command == "train":
+        from raysemi.pipelines.supervised import run_supervised
+
+        run_supervised(cfg, run, args.stage)
+    elif args.command == "split":
+        _split(args, cfg, run)
+    elif args.command == "eval":
+        from raysemi.serve import evaluate_checkpoint
+
+        result = evaluate_checkpoint(_checkpoint(args, run), cfg, args.split, args.mode, args.crop, args.flip,
+                                     explicit_data=bool(args.config or args.set))
+        if run is not None:
+            from raysemi.rundir import atomic_write_text
+
+            name = Path(result["checkpoint"]).parent.name
+            atomic_write_text(run.path("eval", f"{name}-{Path(args.split).stem}.json"), json.dumps(result, indent=2))
+    elif args.command == "predict":
+        from raysemi.serve import predict_folder
+
+        predict_folder(_checkpoint(args, run), args.input, args.output, args.mode, args.crop, args.flip)
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace, run) -> str:
+    if Path(args.checkpoint).is_file() or run is None:
+        return args.checkpoint
+    rec = run.stage(args.checkpoint)
+    if not rec or not rec.get("checkpoint"):
+        raise FileNotFoundError(f"{args.checkpoint} is neither a file nor a finished stage of {run.root}")
+    return rec["checkpoint"]
+
+
+def _split(args: argparse.Namespace, cfg, run) -> None:
+    from raysemi.data.datasets import list_items
+    from raysemi.data.splits import make_split, parse_fraction, write_split_file
+    from raysemi.pipelines.common import resolve_data_root
+
+    if not args.out and run is None:
+        raise ConfigError("split: give --out DIR or --run DIR")
+    out = Path(args.out) if args.out else run.path("splits")
+    root = resolve_data_root(cfg)
+    fraction = parse_fraction(args.fraction or cfg.data.labeled_fraction)
+    seed = cfg.data.split_seed if args.seed is None else args.seed
+    labeled, unlabeled = make_split(list_items(cfg.data.dataset, root, "train"), fraction, seed)
+    write_split_file(str(out / "labeled.txt"), labeled, root)
+    write_split_file(str(out / "unlabeled.txt"), unlabeled, root, with_masks=False)
+    print(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled (fraction {fraction:g}, seed {seed}) -> {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Pieces every pipeline shares: where the data is, which images are labeled, one training stage."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from raysemi.config import Config, ConfigError, ModelConfig
+from raysemi.data.datasets import DataError, DatasetInfo, Item, dataset_info, list_items
+from raysemi.data.splits import make_split, parse_fraction, read_split_file, write_split_file
+from raysemi.rundir import RunDir, fingerprint, now
+
+# The shared CamVid copy beside the repository (../shared/datasets/camvid from the repo root).
+DEFAULT_CAMVID = ("../shared/datasets/camvid", str(Path(__file__).resolve().parents[3] / "shared/datasets/camvid"))
+
+
+def resolve_data_root(cfg: Config) -> str:
+    """--data-root / data.root if given, else the shared CamVid copy, else a message saying how to get data."""
+    if cfg.data.root:
+        root = Path(cfg.data.root).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"data.root: {cfg.data.root} is not a directory")
+        return str(root.resolve())
+    if cfg.data.dataset == "camvid":
+        for candidate in DEFAULT_CAMVID:
+            if Path(candidate).is_dir():
+                return str(Path(candidate).resolve())
+        raise ConfigError(
+            "no CamVid found at ../shared/datasets/camvid and no --data-root given. Get it with\n"
+            "  raysemi data camvid --to data/camvid\n"
+            "then pass --data-root data/camvid.")
+    raise ConfigError(f"data.root: not set; pass --data-root with the {cfg.data.dataset} folder")
+
+
+@dataclass
+class DataPlan:
+    info: DatasetInfo
+    root: str
+    labeled: list[Item]
+    unlabeled: list[Item]
+    val: list[Item]
+
+
+def plan_data(cfg: Config, run: RunDir) -> DataPlan:
+    """Resolve the labeled / unlabeled / val lists and write them as split files into the run."""
+    dc = cfg.data
+    root = resolve_data_root(cfg)
+    info = dataset_info(dc.dataset, dc.num_classes)
+    if dc.labeled_split:
+        labeled = read_split_file(dc.labeled_split, root)
+        unlabeled = read_split_file(dc.unlabeled_split, root) if dc.unlabeled_split else []
+    else:
+        labeled, unlabeled = make_split(list_items(dc.dataset, root, "train"), parse_fraction(dc.labeled_fraction), dc.split_seed)
+    val = read_split_file(dc.val_split, root) if dc.val_split else list_items(dc.dataset, root, "val")
+    missing = [it.image for it in labeled + val if it.mask is None]
+    if missing:
+        raise DataError(f"labeled and val images need masks; none found for {missing[0]} ({len(missing)} in all)")
+    write_split_file(str(run.path("splits", "labeled.txt")), labeled, root)
+    write_split_file(str(run.path("splits", "unlabeled.txt")), unlabeled, root, with_masks=False)
+    write_split_file(str(run.path("splits", "val.txt")), val, root)
+    return DataPlan(info, root, labeled, unlabeled, val)
+
+
+def check_items(items: list[Item]) -> None:
+    """Cheap checks before Ray starts: every file opens and each image matches its mask in size.
+    Pixel values are checked as images are decoded in the workers (errors name the file)."""
+    from PIL import Image
+
+    for it in items:
+        sizes = []
+        for path in (it.image, it.mask):
+            if path is None:
+                continue
+            try:
+                with Image.open(path) as im:
+                    sizes.append(im.size)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"cannot read {path}: {exc}") from None
+        if len(sizes) == 2 and sizes[0] != sizes[1]:
+            raise DataError(f"size mismatch: image {it.image} is {sizes[0]} but mask {it.mask} is {sizes[1]}")
+
+
+def as_rows(items: list[Item]) -> list[list]:
+    return [[it.id, it.image, it.mask] for it in items]
+
+
+def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan):
+    """The TrainJob of one supervised stage, checked for a usable batch size."""
+    from raysemi.train.loop import TrainJob
+
+    tc, dc = cfg.train, cfg.data
+    if len(train_items) < tc.batch_size * tc.num_workers:
+        raise ConfigError(f"{stage}: {len(train_items)} labeled images are fewer than one batch "
+                          f"(train.batch_size {tc.batch_size} x train.num_workers {tc.num_workers})")
+    return TrainJob(stage=stage, model=asdict(model), train=asdict(tc), dataset=dc.dataset,
+                    num_classes=plan.info.num_classes, train_items=as_rows(train_items), val_items=as_rows(plan.val),
+                    out_dir=str(run.path(stage)), crop_size=dc.crop_size, scale=dc.scale, image_size=dc.image_size,
+                    loader_workers=dc.loader_workers)
+
+
+def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan) -> dict:
+    """Train one supervised model as a Ray Train run; skip it if it finished with the same inputs."""
+    from raysemi.train.ray_fit import fit
+
+    job = make_job(run, stage, cfg, model, train_items, plan)
+    # Inputs that change the result; worker counts and logging do not.
+    train_inputs = {k: v for k, v in job.train.items() if k not in ("log_every", "max_failures", "num_workers", "cpus_per_worker")}
+    inputs = fingerprint({"model": job.model, "train": train_inputs, "data": [job.dataset, job.train_items, job.val_items,
+                          job.crop_size, job.scale, job.image_size]})
+    if run.is_done(stage, inputs):
+        rec = run.stage(stage)
+        print(f"[{stage}] already done with these inputs: val mIoU {100 * rec['val_miou']:.2f} ({rec['checkpoint']})")
+        return rec
+    run.update_stage(stage, status="running", inputs=inputs, started=now(), checkpoint=None, val_miou=None)
+    best = run.path(stage, "best.pt")
+    try:
+        metrics = fit(job, cfg.train, run.path("ray"), f"{stage}-{inputs}", best)
+    except BaseException as exc:
+        run.update_stage(stage, status="failed", ended=now(), error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    return run.update_stage(
+        stage, status="done", ended=now(), checkpoint=str(best), val_miou=metrics.get("best_miou"),
+        best_epoch=metrics.get("best_epoch"), iou_per_class=metrics.get("iou_per_class"),
+        loop_started=metrics.get("loop_started"), loop_ended=metrics.get("reported"), error=None)
+

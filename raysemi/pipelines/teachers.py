@@ -1,0 +1,28 @@
+"""Two teachers trained at once: T1 and T2 as two Ray Train runs in flight together (RWMS step 1)."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from raysemi.config import Config
+from raysemi.pipelines.common import check_items, plan_data, train_stage
+from raysemi.rundir import RunDir
+from raysemi.train.ray_fit import init_ray
+
+TEACHERS = ("t1", "t2")
+
+
+def run_teachers(cfg: Config, run: RunDir) -> dict[str, dict]:
+    plan = plan_data(cfg, run)
+    check_items(plan.labeled + plan.val)
+    init_ray(cfg.ray)
+    models = {"t1": cfg.teachers.t1, "t2": cfg.teachers.t2}
+    # Each fit() blocks its thread while its workers train; both runs hold their own workers.
+    with ThreadPoolExecutor(len(TEACHERS)) as pool:
+        futures = {name: pool.submit(train_stage, run, name, cfg, models[name], plan.labeled, plan) for name in TEACHERS}
+        records = {name: f.result() for name, f in futures.items()}
+    print(f"\n{'teacher':<8} {'model':<36} {'val mIoU':>8}")
+    for name, rec in records.items():
+        m = models[name]
+        print(f"{name:<8} {m.arch + ' / ' + m.backbone:<36} {100 * rec['val_miou']:>8.2f}")
+    print(f"run directory: {run.root} (summary.json)")
+    return records

@@ -1,0 +1,82 @@
+"""Serving a trained model: `raysemi eval` (score a checkpoint on a split) and `raysemi predict`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from raysemi.config import Config
+from raysemi.data.datasets import DataError, SegmentationDataset, dataset_info, list_items, load_image
+from raysemi.data.splits import read_split_file
+from raysemi.data.transforms import normalize
+from raysemi.evaluate import evaluate, predict
+from raysemi.methods.metrics import format_iou_table, iou_per_class, mean_iou
+from raysemi.pipelines.common import resolve_data_root
+from raysemi.rundir import atomic_write_bytes
+from raysemi.train.checkpoint import load_model
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def evaluate_checkpoint(checkpoint: str, cfg: Config, split: str = "val", mode: str = "whole",
+                        crop: list[int] | None = None, flip: bool = False, explicit_data: bool = False) -> dict:
+    """Score a model file on 'val', 'train' or a split file. Dataset and load-time image size come from
+    the checkpoint unless the config was given explicitly."""
+    model, bundle = load_model(checkpoint)
+    if not explicit_data:
+        cfg.data.dataset, cfg.data.image_size = bundle["dataset"], bundle.get("image_size")
+    dataset, image_size = cfg.data.dataset, cfg.data.image_size
+    root = resolve_data_root(cfg)
+    items = list_items(dataset, root, split) if split in ("val", "train") else read_split_file(split, root)
+    info = dataset_info(dataset, bundle["num_classes"])
+    ds = SegmentationDataset(items, info, tuple(image_size) if image_size else None)
+    crop_size = tuple(crop) if crop else (tuple(cfg.data.crop_size) if mode != "whole" else None)
+    cm = evaluate(model, ds, info.num_classes, mode=mode, crop_size=crop_size, flip=flip)
+    miou = mean_iou(cm)
+    print(format_iou_table(cm, info.class_names))
+    print(f"{checkpoint}: {split} mIoU {100 * miou:.2f} over {len(items)} images (mode {mode}, flip {flip})")
+    return {"checkpoint": str(checkpoint), "split": split, "mode": mode, "flip": flip, "images": len(items),
+            "miou": miou, "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)],
+            "confusion_matrix": cm.tolist()}
+
+
+def colorize(ids: np.ndarray, palette: list[list[int]]) -> np.ndarray:
+    lut = np.zeros((256, 3), dtype=np.uint8)  # ids beyond the palette (the ignore label) stay black
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return lut[ids]
+
+
+def predict_folder(checkpoint: str, input_dir: str, output_dir: str, mode: str = "whole",
+                   crop: list[int] | None = None, flip: bool = False) -> int:
+    """Write `color/<name>.png` (palette colours) and `ids/<name>.png` (class ids) for every image."""
+    model, bundle = load_model(checkpoint)
+    paths = sorted(p for p in Path(input_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(input_dir).is_dir() else []
+    if not paths:
+        raise DataError(f"no .png/.jpg images in {input_dir}")
+    if mode == "sliding" and not crop:
+        raise DataError("predict --mode sliding needs --crop H W")
+    size = bundle.get("image_size")
+    out = Path(output_dir)
+    for i, path in enumerate(paths, 1):
+        image = load_image(str(path))
+        h, w = image.shape[:2]
+        x = normalize(np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR)) if size else image)
+        with torch.no_grad():
+            probs = predict(model, x.unsqueeze(0), mode, tuple(crop) if crop else None, flip)
+            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)  # back to the input size
+        ids = probs.argmax(1)[0].numpy().astype(np.uint8)
+        atomic_write_bytes(out / "ids" / f"{path.stem}.png", _png(ids))
+        atomic_write_bytes(out / "color" / f"{path.stem}.png", _png(colorize(ids, bundle["palette"])))
+        print(f"[predict] {i}/{len(paths)} {path.name}", flush=True)
+    return len(paths)
+
+
+def _png(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,294 @@
+"""The supervised training loop, run by every Ray Train worker (or in a plain process).
+
+One loop for every supervised stage (teachers now; the student and UCC steps plug in later):
+SGD with momentum, head LR x10, poly decay, cross-entropy with ignore (OHEM optional), DDP and
+SyncBN through Ray Train, AMP on GPU, evaluation every N epochs, the best model kept by val mIoU,
+checkpoints through `ray.train.report` and resume from the last one.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from raysemi.config import ModelConfig, TrainConfig, from_dict
+from raysemi.data.datasets import Item, SegmentationDataset, dataset_info
+from raysemi.data.transforms import WeakAugment
+from raysemi.evaluate import evaluate
+from raysemi.methods.losses import build_criterion
+from raysemi.methods.metrics import iou_per_class, mean_iou
+from raysemi.models import build_model
+from raysemi.train.checkpoint import BEST_FILE, STATE_FILE, cpu_state_dict, make_bundle, save_torch, unwrap
+
+
+@dataclass
+class TrainJob:
+    """Everything one training run needs, as plain data (it travels to Ray workers)."""
+
+    stage: str
+    model: dict  # ModelConfig
+    train: dict  # TrainConfig
+    dataset: str
+    num_classes: int
+    train_items: list  # [id, image, mask] triples
+    val_items: list
+    out_dir: str  # absolute: Train workers change directory
+    crop_size: list[int] = field(default_factory=lambda: [321, 321])
+    scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    image_size: list[int] | None = None
+    loader_workers: int = 0
+    backend: str = "ray"  # "ray" under TorchTrainer, "plain" for a single local process
+
+
+def poly_lr(base: float, it: int, total: int, power: float) -> float:
+    return base * (1 - it / total) ** power
+
+
+def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.SGD:
+    m = unwrap(model)
+    groups = [
+        {"params": list(m.backbone_parameters()), "lr": tc.lr, "base_lr": tc.lr},
+        {"params": list(m.head_parameters()), "lr": tc.lr * tc.head_lr_mult, "base_lr": tc.lr * tc.head_lr_mult},
+    ]
+    return torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+
+
+def _items(rows: list) -> list[Item]:
+    return [Item(id=r[0], image=r[1], mask=r[2]) for r in rows]
+
+
+class _Session:
+    """Rank, world size, checkpoints and reports: Ray Train's, or a plain local stand-in."""
+
+    def __init__(self, job: TrainJob):
+        self.ray = job.backend == "ray"
+        self.local_ckpt = Path(job.out_dir) / "local_checkpoint"
+        self.last_metrics: dict = {}
+        if self.ray:
+            import ray.train
+
+            ctx = ray.train.get_context()
+            self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        else:
+            self.rank, self.world = 0, 1
+
+    def device(self) -> torch.device:
+        if self.ray:
+            import ray.train.torch
+
+            return ray.train.torch.get_device()
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def restore(self) -> tuple[dict, dict] | None:
+        if self.ray:
+            import ray.train
+
+            ckpt = ray.train.get_checkpoint()
+            if ckpt is None:
+                return None
+            with ckpt.as_directory() as d:
+                return _load_pair(Path(d))
+        return _load_pair(self.local_ckpt) if (self.local_ckpt / STATE_FILE).exists() else None
+
+    def report(self, metrics: dict, ckpt_dir: str | None) -> None:
+        self.last_metrics = metrics
+        if self.ray:
+            import ray.train
+
+            ckpt = ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
+            ray.train.report(metrics, checkpoint=ckpt)
+        elif ckpt_dir:
+            for name in (BEST_FILE, STATE_FILE):  # best first: state.pt marks a complete checkpoint
+                os.makedirs(self.local_ckpt, exist_ok=True)
+                os.replace(Path(ckpt_dir) / name, self.local_ckpt / name)
+
+
+def _load_pair(d: Path) -> tuple[dict, dict]:
+    return (torch.load(d / STATE_FILE, map_location="cpu", weights_only=False),
+            torch.load(d / BEST_FILE, map_location="cpu", weights_only=False))
+
+
+class _Log:
+    """Progress lines on stdout, rows in metrics.csv and TensorBoard scalars (rank 0 only)."""
+
+    FIELDS = ["time", "epoch", "iteration", "loss", "lr", "val_miou"]
+
+    def __init__(self, job: TrainJob, enabled: bool, resume_iteration: int):
+        self.stage, self.enabled = job.stage, enabled
+        self.csv_path = Path(job.out_dir) / "metrics.csv"
+        self.tb = None
+        if not enabled:
+            return
+        Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+        self._truncate(resume_iteration)  # rows past the checkpoint belong to a run that died
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(Path(job.out_dir) / "tb"), purge_step=resume_iteration or None)
+
+    def _truncate(self, upto: int) -> None:
+        rows = []
+        if self.csv_path.exists():
+            with open(self.csv_path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= upto]
+        with open(self.csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, self.FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def row(self, **values) -> None:
+        if not self.enabled:
+            return
+        values["time"] = f"{time.time():.3f}"
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, self.FIELDS).writerow(values)
+        for key in ("loss", "lr", "val_miou"):
+            if values.get(key) not in (None, ""):
+                self.tb.add_scalar(f"{self.stage}/{key}", float(values[key]), int(values["iteration"]))
+        self.tb.flush()
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            print(f"[{self.stage}] {text}", flush=True)
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train_loop_per_worker(job_dict: dict) -> None:
+    """Entry point of every Ray Train worker."""
+    _train(TrainJob(**job_dict))
+
+
+def run_plain(job: TrainJob) -> dict:
+    """The same loop in a plain process, no Ray (benchmarks compare the two); returns the last metrics."""
+    return _train(TrainJob(**{**asdict(job), "backend": "plain"}))
+
+
+def _train(job: TrainJob) -> dict:
+    tc: TrainConfig = from_dict(TrainConfig, job.train)
+    mc: ModelConfig = from_dict(ModelConfig, job.model)
+    session = _Session(job)
+    device = session.device()
+    if device.type == "cpu":
+        torch.set_num_threads(tc.cpus_per_worker)
+    torch.manual_seed(tc.seed)  # identical init on every rank
+    np.random.seed(tc.seed + session.rank)
+
+    info = dataset_info(job.dataset, job.num_classes)
+    model = build_model(mc.arch, mc.backbone, job.num_classes, mc.output_stride, mc.pretrained)
+    use_amp = tc.amp and device.type == "cuda"
+    if session.ray:
+        import ray.train.torch
+
+        if device.type == "cuda" and session.world > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = ray.train.torch.prepare_model(model)
+    else:
+        model = model.to(device)
+    optimizer = build_optimizer(model, tc)
+    criterion = build_criterion(tc.loss, **({"thresh": tc.ohem_thresh, "min_kept": tc.ohem_min_kept} if tc.loss == "ohem" else {}))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    train_ds = SegmentationDataset(_items(job.train_items), info, _size(job.image_size),
+                                   WeakAugment(tuple(job.crop_size), tuple(job.scale)))
+    loader = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=True, drop_last=True,
+                        num_workers=job.loader_workers, persistent_workers=job.loader_workers > 0)
+    if session.ray:
+        import ray.train.torch
+
+        loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+    val_ds = SegmentationDataset(_items(job.val_items[session.rank :: session.world]), info, _size(job.image_size))
+
+    iters_per_epoch = len(loader)
+    epochs = math.ceil(tc.iterations / iters_per_epoch) if tc.iterations else tc.epochs
+    total = epochs * iters_per_epoch
+    start_epoch, best_miou, best_state, best_epoch = 0, -1.0, None, 0
+    restored = session.restore()
+    if restored:
+        state, best = restored
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_miou, best_epoch = state["epoch"], state["best_miou"], state["best_epoch"]
+        best_state = best["state_dict"]
+    log = _Log(job, session.rank == 0, start_epoch * iters_per_epoch)
+    if restored:
+        log.say(f"resumed from the checkpoint of epoch {start_epoch} (best val mIoU {100 * best_miou:.2f})")
+    log.say(f"{len(train_ds)} training images, {iters_per_epoch} iterations/epoch, {epochs} epochs, "
+            f"{session.world} worker(s) on {device.type}")
+
+    loop_started = time.time()
+    t0, done_iters, step_times = time.time(), 0, []
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        t_step = time.perf_counter()
+        for i, batch in enumerate(loader):
+            it = epoch * iters_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = poly_lr(group["base_lr"], it, total, tc.poly_power)
+            image, mask = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = criterion(model(image), mask)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            done_iters += 1
+            step_times.append(time.perf_counter() - t_step)  # data loading included, as users see it
+            t_step = time.perf_counter()
+            if (it + 1) % tc.log_every == 0 or it + 1 == total:
+                per_it = (time.time() - t0) / done_iters
+                lr = optimizer.param_groups[0]["lr"]
+                log.say(f"epoch {epoch + 1}/{epochs} it {it + 1}/{total} loss {loss.item():.4f} "
+                        f"lr {lr:.2e} {per_it:.2f}s/it ETA {_eta(per_it * (total - it - 1))}")
+                log.row(epoch=epoch + 1, iteration=it + 1, loss=f"{loss.item():.5f}", lr=f"{lr:.6g}", val_miou="")
+
+        if (epoch + 1) % tc.eval_every and epoch + 1 != epochs:
+            continue
+        cm = evaluate(unwrap(model), val_ds, job.num_classes, mode=tc.eval_mode,
+                      crop_size=tuple(tc.eval_crop or job.crop_size), flip=tc.eval_flip, device=device)
+        if session.world > 1:  # each rank scored its own share of val
+            t = torch.as_tensor(cm, device=device)
+            torch.distributed.all_reduce(t)
+            cm = t.cpu().numpy()
+        miou = float(mean_iou(cm))
+        if miou > best_miou:
+            best_miou, best_epoch, best_state = miou, epoch + 1, cpu_state_dict(model)
+        log.say(f"epoch {epoch + 1}/{epochs} val mIoU {100 * miou:.2f} (best {100 * best_miou:.2f} at epoch {best_epoch})")
+        log.row(epoch=epoch + 1, iteration=(epoch + 1) * iters_per_epoch, loss="", lr="", val_miou=f"{miou:.5f}")
+        metrics = {"epoch": epoch + 1, "val_miou": miou, "best_miou": best_miou, "best_epoch": best_epoch,
+                   "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)],
+                   "loop_started": loop_started, "reported": time.time(),
+                   # steady state: the first iterations warm up allocators and caches
+                   "median_step_s": float(np.median(step_times[5:] or step_times or [0.0]))}
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt_dir = None
+            if session.rank == 0:
+                ckpt_dir = tmp
+                save_torch({"model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_miou": best_miou,
+                            "best_epoch": best_epoch}, Path(tmp) / STATE_FILE)
+                meta = {"num_classes": job.num_classes, "dataset": job.dataset, "class_names": list(info.class_names),
+                        "palette": [list(c) for c in info.palette], "image_size": job.image_size,
+                        "epoch": best_epoch, "val_miou": best_miou, "stage": job.stage}
+                save_torch(make_bundle(best_state, asdict(mc), meta), Path(tmp) / BEST_FILE)
+            session.report(metrics, ckpt_dir)
+    log.say(f"done: best val mIoU {100 * best_miou:.2f} at epoch {best_epoch}")
+    return session.last_metrics
+
+
+def _size(size: list[int] | None) -> tuple[int, int] | None:
+    return tuple(size) if size else None

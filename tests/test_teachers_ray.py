@@ -1,0 +1,129 @@
+"""Real Ray Train runs: two teachers at once on CamVid (the smoke config), resume after a kill,
+eval and predict on the trained checkpoints, and bad input stopped before Ray starts."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raysemi.cli import main
+from raysemi.config import load_config
+from raysemi.pipelines.teachers import run_teachers
+from raysemi.rundir import RunDir
+from raysemi.train.checkpoint import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+RAYSEMI = [sys.executable, "-m", "raysemi.cli"]
+
+
+@pytest.fixture(scope="module")
+def teachers_run(ray_local, camvid_root, tmp_path_factory):
+    cfg = load_config(REPO / "experiments/smoke/teachers.yaml", [], str(camvid_root))
+    run = RunDir(tmp_path_factory.mktemp("teachers"))
+    records = run_teachers(cfg, run)
+    return cfg, run, records
+
+
+def test_two_teachers_trained_at_once(teachers_run):
+    cfg, run, records = teachers_run
+    summary = json.loads(run.path("summary.json").read_text())["stages"]
+    for name in ("t1", "t2"):
+        assert summary[name]["status"] == "done"
+        assert 0 < summary[name]["val_miou"] <= 1
+        assert summary[name]["started"] <= summary[name]["ended"]
+    t1, t2 = summary["t1"], summary["t2"]
+    # the training loops themselves overlapped in time, not just the threads that launched them
+    assert t1["loop_started"] < t2["loop_ended"] and t2["loop_started"] < t1["loop_ended"]
+    labeled = run.path("splits", "labeled.txt").read_text().splitlines()
+    assert len(labeled) == round(367 / 8)
+
+
+def test_teacher_checkpoints_load_and_predict(teachers_run, camvid_root):
+    _, run, records = teachers_run
+    archs = []
+    for name in ("t1", "t2"):
+        model, bundle = load_model(records[name]["checkpoint"])
+        archs.append(bundle["model"]["arch"])
+        import torch
+
+        out = model(torch.zeros(1, 3, 64, 80))
+        assert out.shape == (1, 11, 64, 80)
+    assert archs == ["deeplabv3plus", "pspnet"]
+
+
+def test_rerun_skips_finished_teachers(teachers_run, capsys):
+    cfg, run, records = teachers_run
+    t0 = time.time()
+    again = run_teachers(cfg, run)
+    assert time.time() - t0 < 15
+    assert "already done" in capsys.readouterr().out
+    assert again["t1"]["checkpoint"] == records["t1"]["checkpoint"]
+
+
+def test_eval_and_predict_commands(teachers_run, camvid_root, tmp_path, capsys):
+    _, run, records = teachers_run
+    assert main(["eval", "--checkpoint", "t1", "--run", str(run.root), "--data-root", str(camvid_root)]) == 0
+    result = json.loads(run.path("eval", "t1-val.json").read_text())
+    assert result["images"] == 101
+    assert result["miou"] == pytest.approx(records["t1"]["val_miou"], abs=1e-6)  # the same score as in training
+    assert "Road" in capsys.readouterr().out
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in sorted(os.listdir(camvid_root / "val"))[:2]:
+        Image.open(camvid_root / "val" / name).save(src / name)
+    assert main(["predict", "--checkpoint", records["t2"]["checkpoint"], "--input", str(src), "--output", str(tmp_path / "out")]) == 0
+    for name in os.listdir(src):
+        ids = np.asarray(Image.open(tmp_path / "out" / "ids" / name))
+        color = np.asarray(Image.open(tmp_path / "out" / "color" / name))
+        assert ids.shape == (360, 480) and color.shape == (360, 480, 3) and ids.max() < 11
+        _, bundle = load_model(records["t2"]["checkpoint"])
+        palette = np.asarray(bundle["palette"], dtype=np.uint8)
+        assert (color == palette[ids]).all()
+
+
+def test_killed_run_resumes_from_its_checkpoint(synthetic_root, tmp_path):
+    """Interrupt a real `raysemi train` (SIGKILL to its process group) and relaunch the same command."""
+    run = tmp_path / "run"
+    cmd = RAYSEMI + ["train", "--run", str(run), "--data-root", str(synthetic_root),
+                     "--set", "data.dataset=folder", "--set", "data.num_classes=3", "--set", "data.labeled_fraction=1",
+                     "--set", "data.crop_size=[48,48]", "--set", "model.backbone=resnet18", "--set", "model.pretrained=false",
+                     "--set", "train.batch_size=4", "--set", "train.epochs=12", "--set", "train.eval_every=2",
+                     "--set", "ray.num_cpus=2"]
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+    metrics_csv = run / "supervised" / "metrics.csv"
+    deadline = time.time() + 240
+    killed_after = 0
+    while time.time() < deadline and proc.poll() is None:
+        if metrics_csv.exists():
+            evals = [r for r in csv.DictReader(open(metrics_csv)) if r["val_miou"]]
+            if len(evals) >= 2:  # two checkpoints reported
+                killed_after = int(evals[-1]["epoch"])
+                break
+        time.sleep(0.5)
+    assert killed_after >= 4, f"no checkpoint appeared in time: {proc.poll()}"
+    time.sleep(1.0)  # let the report's checkpoint land in storage
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((run / "manifest.json").read_text())["stages"]["supervised"]["status"] == "running"
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    resumed = [line for line in log.splitlines() if "resumed from the checkpoint of epoch" in line]
+    assert resumed, log[-3000:]
+    epoch = int(resumed[0].split("epoch ")[1].split()[0])
+    assert epoch >= killed_after - 2 and epoch >= 2, resumed[0]
+    summary = json.loads((run / "summary.json").read_text())["stages"]["supervised"]
+    assert summary["status"] == "done" and Path(summary["checkpoint"]).is_file()
+    rows = list(csv.DictReader(open(metrics_csv)))
+    iters = [int(r["iteration"]) for r in rows if r["loss"]]
+    assert iters == sorted(set(iters)), "rows of the killed run past its checkpoint were not dropped"
