@@ -64,6 +64,11 @@ class ModelConfig:
     backbone: Literal["resnet18", "resnet50", "resnet101", "efficientnet_lite0"] = "resnet50"
     output_stride: Literal[8, 16] = 16
     pretrained: bool = True  # ImageNet weights for the backbone
+    head_width: int = 256  # decoder channels (the papers' 256; CPU configs use 128)
+
+    def validate(self, key: str) -> None:
+        if self.head_width < 8:
+            _bad(f"{key}.head_width", self.head_width, ">= 8")
 
 
 @dataclass
@@ -135,6 +140,8 @@ class Config:
     def validate(self) -> None:
         self.data.validate()
         self.train.validate()
+        for key, model in (("model", self.model), ("teachers.t1", self.teachers.t1), ("teachers.t2", self.teachers.t2)):
+            model.validate(key)
         if self.ray.num_cpus is not None and self.ray.num_cpus < 1:
             _bad("ray.num_cpus", self.ray.num_cpus, ">= 1")
 

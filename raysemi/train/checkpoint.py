@@ -54,6 +54,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """Rebuild the model a bundle describes and load its weights (no download: weights come from the file)."""
     bundle = load_bundle(path)
     cfg = dict(bundle["model"], pretrained=False)
-    model = build_model(cfg["arch"], cfg["backbone"], bundle["num_classes"], cfg["output_stride"], pretrained=False)
+    model = build_model(cfg["arch"], cfg["backbone"], bundle["num_classes"], cfg["output_stride"], pretrained=False,
+                        head_width=cfg.get("head_width", 256))
     model.load_state_dict(bundle["state_dict"])
     return model.to(device).eval(), bundle

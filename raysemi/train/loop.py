@@ -8,6 +8,7 @@ checkpoints through `ray.train.report` and resume from the last one.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import tempfile
@@ -123,7 +124,7 @@ class _Log:
     FIELDS = ["time", "epoch", "iteration", "loss", "lr", "val_miou"]
 
     def __init__(self, job: TrainJob, enabled: bool, resume_iteration: int):
-        self.stage, self.enabled = job.stage, enabled
+        self.stage, self.enabled, self.ray = job.stage, enabled, job.backend == "ray"
         self.csv_path = Path(job.out_dir) / "metrics.csv"
         self.tb = None
         if not enabled:
@@ -156,7 +157,11 @@ class _Log:
         self.tb.flush()
 
     def say(self, text: str) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        if self.ray:  # Train V2 tees a worker's print() to stdout and its logger: log once instead
+            logging.getLogger("raysemi").info(f"[{self.stage}] {text}")
+        else:
             print(f"[{self.stage}] {text}", flush=True)
 
 
@@ -186,7 +191,7 @@ def _train(job: TrainJob) -> dict:
     np.random.seed(tc.seed + session.rank)
 
     info = dataset_info(job.dataset, job.num_classes)
-    model = build_model(mc.arch, mc.backbone, job.num_classes, mc.output_stride, mc.pretrained)
+    model = build_model(mc.arch, mc.backbone, job.num_classes, mc.output_stride, mc.pretrained, head_width=mc.head_width)
     use_amp = tc.amp and device.type == "cuda"
     if session.ray:
         import ray.train.torch

@@ -12,10 +12,14 @@ from raysemi.train.loop import TrainJob, train_loop_per_worker
 
 def init_ray(rc: RayConfig) -> None:
     """Start (or join) Ray once per process; tests and Tune trials may have started it already."""
+    import os
+
     import ray
 
     if ray.is_initialized():
         return
+    # Ray folds similar lines of different workers into one ("repeated 2x"): that hides progress.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if rc.address:
         ray.init(address=rc.address)
     else:

