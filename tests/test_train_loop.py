@@ -50,6 +50,7 @@ def test_plain_loop_learns_logs_and_resumes(synthetic_root, tmp_path):
     assert iters == sorted(set(iters)) and iters[-1] == 4 * 6  # 24 images / batch 4, no row twice
     assert [int(r["epoch"]) for r in rows if r["val_miou"]] == [2, 4]
     assert metrics["best_miou"] >= first
+    assert list((tmp_path / "run" / "sup" / "tb").glob("events.out.tfevents.*")), "TensorBoard logs"
     assert metrics["best_miou"] > 0.5, "three flat-coloured classes are easy"
     model, bundle = load_model(tmp_path / "run" / "sup" / "local_checkpoint" / "best.pt")
     assert bundle["num_classes"] == 3 and bundle["val_miou"] == pytest.approx(metrics["best_miou"])
