@@ -28,6 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--stage", default="supervised", help="stage name in the run directory")
 
+    p = sub.add_parser("pseudo-label", help="label the unlabeled images with T1 and T2 on Ray Data into a Parquet "
+                       "table (labels, agreement ranks, reliability) and split them by reliability")
+    _common(p)
+    p.add_argument("--skip-bad", action="store_true",
+                   help="list undecodable images in RUN/pseudo/teachers-rejects.txt and go on (pseudo.skip_bad)")
+    p.add_argument("--write-weights", action="store_true",
+                   help="also store float16 weight maps a*exp(-b(x-1)) (pseudo.write_weights)")
+    p.add_argument("--force", action="store_true", help="recompute the pass even if it finished with these inputs")
+
     p = sub.add_parser("split", help="write labeled/unlabeled split files for a fraction and a seed")
     _common(p, run_required=False)
     p.add_argument("--fraction", help="labeled fraction, e.g. 1/8 (default: data.labeled_fraction)")
@@ -73,6 +82,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"CamVid ready at {download_camvid(args.to)}")
         return 0
 
+    if args.command == "pseudo-label":  # the flags are config values: config.yaml records them
+        args.set += ["pseudo.skip_bad=true"] * args.skip_bad + ["pseudo.write_weights=true"] * args.write_weights
     cfg = load_config(args.config, args.set, args.data_root)  # validated before any Ray work
     run = None
     if args.run:
@@ -85,6 +96,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from raysemi.pipelines.teachers import run_teachers
 
         run_teachers(cfg, run)
+    elif args.command == "pseudo-label":
+        from raysemi.pipelines.pseudo import run_pseudo
+
+        run_pseudo(cfg, run, force=args.force)
     elif args.command == "train":
         from raysemi.pipelines.supervised import run_supervised
 

@@ -124,6 +124,42 @@ class TeachersConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """The pseudo-labeling pass (RWMS steps 2-3): a Ray Data pass with the teachers, then the split by r.
+
+    a and b shape the pixel weights w = a * exp(-b * (x - 1)) of the agreement rank x. The paper does
+    not give them; a = 1, b = 1 are our defaults (rank 1 weighs 1, rank 2 weighs 0.37, rank 3 0.14).
+    They are applied when a student loads the rank maps, so a sweep over a, b (or rho) needs no new
+    pass; only `write_weights` stores them (float16) and then ties the table to a and b.
+    """
+
+    batch_size: int = 8  # images per model call inside an actor
+    actors: int = 2  # size of the actor pool; each actor loads the model(s) once
+    cpus_per_actor: float = 1.0  # CPUs reserved per actor (also its torch threads)
+    gpus_per_actor: float = 0.0  # GPUs per actor on a cluster (fractions allowed); 0 on CPU
+    rho: float = 0.5  # the most reliable fraction of the unlabeled images (U1)
+    a: float = 1.0  # weight of rank 1
+    b: float = 1.0  # decay of the weight per rank
+    write_weights: bool = False  # also store float16 weight maps (a column "weight")
+    skip_bad: bool = False  # list undecodable images in <name>-rejects.txt and go on, instead of failing
+
+    def validate(self) -> None:
+        for key in ("batch_size", "actors"):
+            if getattr(self, key) < 1:
+                _bad(f"pseudo.{key}", getattr(self, key), ">= 1")
+        if self.cpus_per_actor <= 0:
+            _bad("pseudo.cpus_per_actor", self.cpus_per_actor, "> 0")
+        if self.gpus_per_actor < 0:
+            _bad("pseudo.gpus_per_actor", self.gpus_per_actor, ">= 0")
+        if not 0 <= self.rho <= 1:
+            _bad("pseudo.rho", self.rho, "in [0, 1]")
+        if self.a <= 0:
+            _bad("pseudo.a", self.a, "> 0")
+        if self.b < 0:
+            _bad("pseudo.b", self.b, ">= 0")
+
+
+@dataclass
 class RayConfig:
     address: str = ""  # "" starts a local Ray; "auto" joins the cluster this runs on
     num_cpus: int | None = None  # local Ray only; default: all cores
@@ -135,11 +171,13 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)  # for `raysemi train`
     train: TrainConfig = field(default_factory=TrainConfig)  # schedule of every training stage
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
         self.data.validate()
         self.train.validate()
+        self.pseudo.validate()
         for key, model in (("model", self.model), ("teachers.t1", self.teachers.t1), ("teachers.t2", self.teachers.t2)):
             model.validate(key)
         if self.ray.num_cpus is not None and self.ray.num_cpus < 1:

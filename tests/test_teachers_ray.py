@@ -127,3 +127,23 @@ def test_killed_run_resumes_from_its_checkpoint(synthetic_root, tmp_path):
     rows = list(csv.DictReader(open(metrics_csv)))
     iters = [int(r["iteration"]) for r in rows if r["loss"]]
     assert iters == sorted(set(iters)), "rows of the killed run past its checkpoint were not dropped"
+
+
+def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
+    """`raysemi pseudo-label` with the smoke config on the run the smoke teachers trained."""
+    from raysemi.pipelines.pseudo import run_pseudo
+    from raysemi.pseudo import iter_pseudo_rows, read_pseudo_table, table_uri
+
+    _, run, _ = teachers_run
+    cfg = load_config(REPO / "experiments/smoke/pseudo.yaml", [], str(camvid_root))
+    run_pseudo(cfg, run)
+    table = read_pseudo_table(table_uri(run, "teachers"), columns=["id", "reliability"])
+    assert table.num_rows == 367 - 46
+    r = table.column("reliability").to_numpy()
+    assert ((0 <= r) & (r <= 1)).all() and r.std() > 0
+    reliable = run.path("splits", "reliable.txt").read_text().split("\n")
+    unreliable = run.path("splits", "unreliable.txt").read_text().split("\n")
+    assert len([x for x in reliable if x]) == 161 and len([x for x in unreliable if x]) == 160  # 321 * 0.5 rounds up
+    row = next(iter_pseudo_rows(table_uri(run, "teachers")))
+    assert row["label"].shape == (64, 80) and row["label"].max() < 11
+    assert 1 <= row["rank"].min() and row["rank"].max() <= 11

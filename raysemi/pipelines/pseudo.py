@@ -1,0 +1,83 @@
+"""Pseudo-labeling with the teacher pair (RWMS steps 2-3): one Ray Data pass over the unlabeled split
+writes Y1, the agreement ranks X and the reliability r per image; then the split by r into the
+reliable (U1) and unreliable (U2) halves."""
+from __future__ import annotations
+
+import json
+
+from raysemi.config import Config, ConfigError
+from raysemi.pipelines.common import plan_data
+from raysemi.pseudo import run_pass, split_by_reliability, table_meta, table_uri
+from raysemi.rundir import RunDir, atomic_write_text
+
+PASS = "teachers"  # the table RUN/pseudo/teachers/, the manifest stage pseudo_teachers
+STAGE = f"pseudo_{PASS}"
+SPLIT_FILES = ("labeled.txt", "unlabeled.txt", "val.txt")
+
+
+def teacher_checkpoints(run: RunDir) -> list[tuple[str, str]]:
+    out = []
+    for name in ("t1", "t2"):
+        rec = run.stage(name)
+        if not rec or rec.get("status") != "done" or not rec.get("checkpoint"):
+            raise FileNotFoundError(f"teacher {name} has not finished in {run.root}; run `raysemi teachers "
+                                    f"--config ... --run {run.root}` first")
+        out.append((name, rec["checkpoint"]))
+    return out
+
+
+def _plan_same_split(cfg: Config, run: RunDir):
+    """plan_data, refusing a labeled split other than the one the teachers were trained on: their
+    training images must not come back as unlabeled ones."""
+    before = {n: run.path("splits", n).read_text() for n in SPLIT_FILES if run.path("splits", n).is_file()}
+    plan = plan_data(cfg, run)
+    if "labeled.txt" in before and run.path("splits", "labeled.txt").read_text() != before["labeled.txt"]:
+        for n, text in before.items():  # leave the run as the teachers left it
+            atomic_write_text(run.path("splits", n), text)
+        raise ConfigError(f"the labeled split of this config ({len(plan.labeled)} images) differs from "
+                          f"{run.path('splits', 'labeled.txt')}, which the teachers were trained on; "
+                          "give pseudo-label the data section the teachers had")
+    return plan
+
+
+def run_pseudo(cfg: Config, run: RunDir, force: bool = False) -> dict:
+    """The teacher pass (skipped when done with the same inputs) and the reliability split (cheap,
+    redone every time: rho may have changed). Returns the manifest record of stage pseudo_teachers."""
+    checkpoints = teacher_checkpoints(run)
+    plan = _plan_same_split(cfg, run)
+    if not plan.unlabeled:
+        raise ConfigError("the unlabeled split is empty: there is nothing to pseudo-label")
+    try:
+        rec = run_pass(run, PASS, checkpoints, plan.unlabeled, cfg.pseudo, force=force,
+                       expect={"dataset": cfg.data.dataset, "num_classes": plan.info.num_classes}, ray_config=cfg.ray)
+    except BaseException:
+        # no table, no split: later stages must not pick up the halves of an earlier pass
+        if (run.stage(STAGE) or {}).get("status") == "done":  # failed before it started: all still valid
+            raise
+        for path in (run.path("splits", "reliable.txt"), run.path("splits", "unreliable.txt"),
+                     run.path("pseudo", f"{PASS}-summary.json")):
+            path.unlink(missing_ok=True)
+        raise
+    size = table_meta(rec["table"])["image_size"]
+    if cfg.data.image_size and size != list(cfg.data.image_size):
+        print(f"[{STAGE}] note: the teachers load images at {size}, data.image_size says {cfg.data.image_size}; "
+              "the maps are at the teachers' size")
+
+    split = split_by_reliability(rec["table"], plan.unlabeled, plan.root, cfg.pseudo.rho, str(run.path("splits")))
+    summary = {"table": rec["table"], "rows": rec["rows"], "rejected": rec["rejected"], "rejects_file": rec["rejects_file"],
+               "source": rec["source"], "a": cfg.pseudo.a, "b": cfg.pseudo.b, "split": split}
+    summary_file = str(run.path("pseudo", f"{PASS}-summary.json"))
+    atomic_write_text(summary_file, json.dumps(summary, indent=2))
+    rec = run.update_stage(STAGE, split=split, summary_file=summary_file)
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    print(f"\n{'':<12} {'images':>7} {'mean r':>8}")
+    print(f"{'reliable':<12} {split['reliable']['count']:>7} {fmt(split['reliable']['mean_r']):>8}")
+    print(f"{'unreliable':<12} {split['unreliable']['count']:>7} {fmt(split['unreliable']['mean_r']):>8}")
+    print(f"{'all':<12} {split['images']:>7} {fmt(split['mean_r']):>8}   (teacher-pair difference; rho {split['rho']:g})")
+    if rec["rejected"]:
+        print(f"{rec['rejected']} image(s) could not be read and were skipped: {rec['rejects_file']}")
+    print(f"table: {table_uri(run, PASS)}; splits: {split['reliable_file']}, {split['unreliable_file']}")
+    return rec
