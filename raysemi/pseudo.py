@@ -65,6 +65,9 @@ class IncompleteTableError(DataError):
 # ---------------------------------------------------------------------------------------------
 # Schema, encoding, reading (plain pyarrow)
 
+PARQUET_ARGS = {"compression": "zstd", "compression_level": 19}
+
+
 def table_schema(with_weight: bool = False) -> pa.Schema:
     fields = [("id", pa.string()), ("height", pa.int32()), ("width", pa.int32()), ("label", pa.binary()),
               ("rank", pa.binary()), ("reliability", pa.float32()), ("source", pa.string())]
@@ -144,10 +147,11 @@ def _dataset(uri: str) -> pads.Dataset:
     return pads.dataset(path, format="parquet", filesystem=fs, ignore_prefixes=[".", "_"])
 
 
-def read_pseudo_table(uri: str, columns: list[str] | None = None) -> pa.Table:
-    """The whole table (or some columns of it) as one pyarrow Table. For the labels of a large set,
-    stream with `iter_pseudo_batches` instead; `columns=["id", "reliability"]` is cheap."""
-    return _dataset(uri).to_table(columns=columns)
+def read_pseudo_table(uri: str, columns: list[str] | None = None, ids: list[str] | None = None) -> pa.Table:
+    """The whole table (or some columns of it, or the rows of some ids) as one pyarrow Table. For
+    the labels of a large set, stream with `iter_pseudo_batches` instead; `columns=["id",
+    "reliability"]` is cheap, and so is a few `ids`."""
+    return _dataset(uri).to_table(columns=columns, filter=None if ids is None else pads.field("id").isin(ids))
 
 
 def iter_pseudo_batches(uri: str, columns: list[str] | None = None, batch_size: int = 16) -> Iterator[pa.RecordBatch]:
@@ -487,7 +491,8 @@ def _execute(job: PassJob, items: list[Item], tmp: str, pc: PseudoConfig) -> int
         ds = ds.map_batches(Labeler, fn_constructor_kwargs={"job": asdict(job)}, batch_size=pc.batch_size,
                             batch_format="numpy", compute=ActorPoolStrategy(size=pc.actors),
                             num_cpus=pc.cpus_per_actor, num_gpus=pc.gpus_per_actor)
-        ds.write_parquet(tmp_path, filesystem=fs)
+        # zstd at a high level: label maps compress well, and the table must not outweigh PNG labels
+        ds.write_parquet(tmp_path, filesystem=fs, **PARQUET_ARGS)
     data = pads.dataset(tmp_path, format="parquet", filesystem=fs, ignore_prefixes=[".", "_"])
     if not data.files:  # nothing written (no items, or all rejected): an empty table still has its schema
         import pyarrow.parquet as pq

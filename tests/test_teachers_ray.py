@@ -147,3 +147,6 @@ def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
     row = next(iter_pseudo_rows(table_uri(run, "teachers")))
     assert row["label"].shape == (64, 80) and row["label"].max() < 11
     assert 1 <= row["rank"].min() and row["rank"].max() <= 11
+    for name in ("reliability_hist.png", "weight_maps.png"):  # RWMS Fig. 4 and Fig. 5
+        assert run.path("figures", name).is_file() and run.path("figures", name).stat().st_size > 1000
+    assert run.stage("pseudo_teachers")["figures"]["weight_maps"] == str(run.path("figures", "weight_maps.png"))

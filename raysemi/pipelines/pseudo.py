@@ -4,8 +4,11 @@ reliable (U1) and unreliable (U2) halves."""
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 from raysemi.config import Config, ConfigError
+from raysemi.figures import figure_paths
 from raysemi.pipelines.common import plan_data
 from raysemi.pseudo import run_pass, split_by_reliability, table_meta, table_uri
 from raysemi.rundir import RunDir, atomic_write_text
@@ -55,7 +58,8 @@ def run_pseudo(cfg: Config, run: RunDir, force: bool = False) -> dict:
         if (run.stage(STAGE) or {}).get("status") == "done":  # failed before it started: all still valid
             raise
         for path in (run.path("splits", "reliable.txt"), run.path("splits", "unreliable.txt"),
-                     run.path("pseudo", f"{PASS}-summary.json")):
+                     run.path("pseudo", f"{PASS}-summary.json"),
+                     *map(Path, figure_paths(run.path("figures")).values())):
             path.unlink(missing_ok=True)
         raise
     size = table_meta(rec["table"])["image_size"]
@@ -68,7 +72,9 @@ def run_pseudo(cfg: Config, run: RunDir, force: bool = False) -> dict:
                "source": rec["source"], "a": cfg.pseudo.a, "b": cfg.pseudo.b, "split": split}
     summary_file = str(run.path("pseudo", f"{PASS}-summary.json"))
     atomic_write_text(summary_file, json.dumps(summary, indent=2))
-    rec = run.update_stage(STAGE, split=split, summary_file=summary_file)
+    figures = write_figures(run, rec["table"], plan.unlabeled, cfg.pseudo.rho, cfg.pseudo.a, cfg.pseudo.b,
+                            plan.info.palette)
+    rec = run.update_stage(STAGE, split=split, summary_file=summary_file, figures=figures)
 
     def fmt(v):
         return "-" if v is None else f"{v:.4f}"
@@ -80,4 +86,41 @@ def run_pseudo(cfg: Config, run: RunDir, force: bool = False) -> dict:
     if rec["rejected"]:
         print(f"{rec['rejected']} image(s) could not be read and were skipped: {rec['rejects_file']}")
     print(f"table: {table_uri(run, PASS)}; splits: {split['reliable_file']}, {split['unreliable_file']}")
+    if figures:
+        print(f"figures: {', '.join(figures.values())}")
     return rec
+
+
+def write_figures(run: RunDir, uri: str, items, rho: float, a: float, b: float, palette, per_end: int = 2) -> dict:
+    """RUN/figures/reliability_hist.png (r of U1 against U2, RWMS Fig. 4) and weight_maps.png (image,
+    Y1 and weight map of the `per_end` most and least reliable images, Fig. 5). Reads the id and
+    reliability columns, then only the chosen rows (a filter on id), and loads their images like the
+    pass did, at the table's resolution. Returns {name: path}; {} when the table is empty."""
+    import numpy as np
+    from raysemi.figures import reliability_histogram, weight_heatmaps
+    from raysemi.methods.reliability import reliability_split
+    from raysemi.pseudo import decode, load_for_labeling, read_pseudo_table
+
+    t0 = time.time()
+    table = read_pseudo_table(uri, columns=["id", "reliability"])
+    ids, r = table["id"].to_pylist(), table["reliability"].to_pylist()
+    if not ids:  # no figures of an empty table; none of an earlier one either
+        for path in figure_paths(run.path("figures")).values():
+            Path(path).unlink(missing_ok=True)
+        return {}
+    reliable, unreliable = reliability_split(ids, r, rho)  # the split just written, in order of r
+    in_u1 = set(reliable)
+    paths = figure_paths(run.path("figures"))
+    reliability_histogram(np.asarray(r, dtype=np.float32), np.asarray([i in in_u1 for i in ids]),
+                          paths["reliability_hist"], rho=rho)
+    order = reliable + unreliable
+    chosen = list(dict.fromkeys(order[:per_end] + order[-per_end:]))
+    found = {row["id"]: decode(row) for row in read_pseudo_table(
+        uri, columns=["id", "height", "width", "label", "rank", "reliability"], ids=chosen).to_pylist()}
+    rows = [found[i] for i in chosen]
+    image_size = table_meta(uri)["image_size"]
+    by_id = {it.id: it for it in items}
+    images = [load_for_labeling(by_id[i].image, image_size) for i in chosen]
+    weight_heatmaps(rows, images, a, b, paths["weight_maps"], palette=palette)
+    print(f"[{STAGE}] figures written in {time.time() - t0:.1f}s: {run.path('figures')}", flush=True)
+    return paths
