@@ -21,7 +21,6 @@ import tempfile
 import time
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
@@ -29,7 +28,7 @@ from PIL import Image
 from raysemi.config import PseudoConfig, RayConfig, load_config
 from raysemi.pipelines.common import plan_data
 from raysemi.pipelines.pseudo import teacher_checkpoints
-from raysemi.pseudo import PARQUET_ARGS, encode_map, label_images, load_for_labeling, read_pseudo_table, run_pass, table_schema
+from raysemi.pseudo import PARQUET_ARGS, label_images, results_table, load_for_labeling, read_pseudo_table, run_pass, table_schema
 from raysemi.rundir import RunDir
 from raysemi.train.checkpoint import load_model
 
@@ -46,11 +45,7 @@ def plain_loop(checkpoints, items, image_size, num_classes, batch, threads, out_
             images = [load_for_labeling(it.image, image_size) for it in chunk]
             with torch.no_grad():
                 out = label_images(models, images, num_classes)
-            rows = {"id": [it.id for it in chunk], "height": [o["label"].shape[0] for o in out],
-                    "width": [o["label"].shape[1] for o in out], "label": [encode_map(o["label"]) for o in out],
-                    "rank": [encode_map(o["rank"]) for o in out], "reliability": [o["reliability"] for o in out],
-                    "source": ["t1+t2"] * len(out)}
-            writer.write_table(pa.table(rows, schema=schema))
+            writer.write_table(results_table([it.id for it in chunk], out, "t1+t2", schema))
     return time.time() - t0
 
 

@@ -133,20 +133,15 @@ def _checkpoint(args: argparse.Namespace, run) -> str:
 
 
 def _split(args: argparse.Namespace, cfg, run) -> None:
-    from raysemi.data.datasets import list_items
-    from raysemi.data.splits import make_split, parse_fraction, write_split_file
-    from raysemi.pipelines.common import resolve_data_root
+    from raysemi.pipelines.common import draw_split, resolve_data_root, write_splits
 
     if not args.out and run is None:
         raise ConfigError("split: give --out DIR or --run DIR")
     out = Path(args.out) if args.out else run.path("splits")
     root = resolve_data_root(cfg)
-    fraction = parse_fraction(args.fraction or cfg.data.labeled_fraction)
-    seed = cfg.data.split_seed if args.seed is None else args.seed
-    labeled, unlabeled = make_split(list_items(cfg.data.dataset, root, "train"), fraction, seed)
-    write_split_file(str(out / "labeled.txt"), labeled, root)
-    write_split_file(str(out / "unlabeled.txt"), unlabeled, root, with_masks=False)
-    print(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled (fraction {fraction:g}, seed {seed}) -> {out}")
+    labeled, unlabeled = draw_split(cfg, root, args.fraction, args.seed)
+    write_splits(out, root, labeled, unlabeled)
+    print(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled -> {out}")
 
 
 if __name__ == "__main__":

@@ -203,6 +203,22 @@ def label_images(models: list, images: list[np.ndarray], num_classes: int, devic
     return out
 
 
+def results_table(ids: list[str], results: list[dict], source: str, schema: pa.Schema) -> pa.Table:
+    """Rows of the pseudo-label table from `label_images` results (the one place that encodes them)."""
+    cols: dict[str, list] = {name: [] for name in schema.names}
+    for id_, res in zip(ids, results):
+        cols["id"].append(id_)
+        cols["height"].append(res["label"].shape[0])
+        cols["width"].append(res["label"].shape[1])
+        cols["label"].append(encode_map(res["label"]))
+        cols["rank"].append(encode_map(res["rank"]) if "rank" in res else None)
+        cols["reliability"].append(res.get("reliability"))
+        cols["source"].append(source)
+        if "weight" in schema.names:
+            cols["weight"].append(encode_map(res["weight"]) if "weight" in res else None)
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
 @dataclass
 class PassJob:
     """Everything an actor needs, as plain data."""
@@ -262,18 +278,7 @@ class Labeler:
             outs = label_images(self.models, [images[i][1] for i in idx], job.num_classes, self.device, weights)
             for i, o in zip(idx, outs):
                 results[i] = o
-        cols: dict[str, list] = {name: [] for name in self.schema.names}
-        for (id_, image), res in zip(images, results):
-            cols["id"].append(id_)
-            cols["height"].append(image.shape[0])
-            cols["width"].append(image.shape[1])
-            cols["label"].append(encode_map(res["label"]))
-            cols["rank"].append(encode_map(res["rank"]) if "rank" in res else None)
-            cols["reliability"].append(res.get("reliability"))
-            cols["source"].append(self.source)
-            if job.write_weights:
-                cols["weight"].append(encode_map(res["weight"]) if "weight" in res else None)
-        return pa.Table.from_pydict(cols, schema=self.schema)
+        return results_table([id_ for id_, _ in images], results, self.source, self.schema)
 
 
 def _write_rejects(dir_uri: str, rejects: list[tuple[str, str]]) -> None:

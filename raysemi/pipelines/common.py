@@ -40,23 +40,35 @@ class DataPlan:
     val: list[Item]
 
 
-def plan_data(cfg: Config, run: RunDir) -> DataPlan:
-    """Resolve the labeled / unlabeled / val lists and write them as split files into the run."""
+def draw_split(cfg: Config, root: str, fraction: str | None = None, seed: int | None = None) -> tuple[list[Item], list[Item]]:
+    """Labeled and unlabeled items: the config's split files, or a seeded fraction of the train list."""
+    dc = cfg.data
+    if dc.labeled_split:
+        return (read_split_file(dc.labeled_split, root),
+                read_split_file(dc.unlabeled_split, root) if dc.unlabeled_split else [])
+    fraction = parse_fraction(fraction or dc.labeled_fraction)
+    return make_split(list_items(dc.dataset, root, "train"), fraction, dc.split_seed if seed is None else seed)
+
+
+def write_splits(folder: Path, root: str, labeled: list[Item], unlabeled: list[Item], val: list[Item] | None = None) -> None:
+    write_split_file(str(folder / "labeled.txt"), labeled, root)
+    write_split_file(str(folder / "unlabeled.txt"), unlabeled, root, with_masks=False)
+    if val is not None:
+        write_split_file(str(folder / "val.txt"), val, root)
+
+
+def plan_data(cfg: Config, run: RunDir, write: bool = True) -> DataPlan:
+    """Resolve the labeled / unlabeled / val lists and (with `write`) store them as the run's split files."""
     dc = cfg.data
     root = resolve_data_root(cfg)
     info = dataset_info(dc.dataset, dc.num_classes)
-    if dc.labeled_split:
-        labeled = read_split_file(dc.labeled_split, root)
-        unlabeled = read_split_file(dc.unlabeled_split, root) if dc.unlabeled_split else []
-    else:
-        labeled, unlabeled = make_split(list_items(dc.dataset, root, "train"), parse_fraction(dc.labeled_fraction), dc.split_seed)
+    labeled, unlabeled = draw_split(cfg, root)
     val = read_split_file(dc.val_split, root) if dc.val_split else list_items(dc.dataset, root, "val")
     missing = [it.image for it in labeled + val if it.mask is None]
     if missing:
         raise DataError(f"labeled and val images need masks; none found for {missing[0]} ({len(missing)} in all)")
-    write_split_file(str(run.path("splits", "labeled.txt")), labeled, root)
-    write_split_file(str(run.path("splits", "unlabeled.txt")), unlabeled, root, with_masks=False)
-    write_split_file(str(run.path("splits", "val.txt")), val, root)
+    if write:
+        write_splits(run.path("splits"), root, labeled, unlabeled, val)
     return DataPlan(info, root, labeled, unlabeled, val)
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from raysemi.config import Config, ConfigError
 from raysemi.figures import figure_paths
-from raysemi.pipelines.common import plan_data
+from raysemi.data.splits import read_split_file
+from raysemi.pipelines.common import plan_data, write_splits
 from raysemi.pseudo import run_pass, split_by_reliability, table_meta, table_uri
 from raysemi.rundir import RunDir, atomic_write_text
 
 PASS = "teachers"  # the table RUN/pseudo/teachers/, the manifest stage pseudo_teachers
 STAGE = f"pseudo_{PASS}"
-SPLIT_FILES = ("labeled.txt", "unlabeled.txt", "val.txt")
 
 
 def teacher_checkpoints(run: RunDir) -> list[tuple[str, str]]:
@@ -31,15 +31,14 @@ def teacher_checkpoints(run: RunDir) -> list[tuple[str, str]]:
 
 def _plan_same_split(cfg: Config, run: RunDir):
     """plan_data, refusing a labeled split other than the one the teachers were trained on: their
-    training images must not come back as unlabeled ones."""
-    before = {n: run.path("splits", n).read_text() for n in SPLIT_FILES if run.path("splits", n).is_file()}
-    plan = plan_data(cfg, run)
-    if "labeled.txt" in before and run.path("splits", "labeled.txt").read_text() != before["labeled.txt"]:
-        for n, text in before.items():  # leave the run as the teachers left it
-            atomic_write_text(run.path("splits", n), text)
+    training images must not come back as unlabeled ones. Checked before anything is written."""
+    plan = plan_data(cfg, run, write=False)
+    trained_on = run.path("splits", "labeled.txt")
+    if trained_on.is_file() and [it.id for it in read_split_file(str(trained_on), plan.root)] != [it.id for it in plan.labeled]:
         raise ConfigError(f"the labeled split of this config ({len(plan.labeled)} images) differs from "
-                          f"{run.path('splits', 'labeled.txt')}, which the teachers were trained on; "
+                          f"{trained_on}, which the teachers were trained on; "
                           "give pseudo-label the data section the teachers had")
+    write_splits(run.path("splits"), plan.root, plan.labeled, plan.unlabeled, plan.val)
     return plan
 
 
