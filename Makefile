@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 # Two teachers on CamVid at 1/8 labels on CPU; pass ARGS="--data-root DIR" for another copy.
 demo: setup
-	$(BIN)/raysemi teachers --config experiments/camvid/teachers.yaml --run runs/demo $(ARGS)
+	$(BIN)/raysemi rwms --config experiments/camvid/rwms.yaml --run runs/demo $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest tests -q

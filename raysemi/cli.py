@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store float16 weight maps a*exp(-b(x-1)) (pseudo.write_weights)")
     p.add_argument("--force", action="store_true", help="recompute the pass even if it finished with these inputs")
 
+    p = sub.add_parser("rwms", help="run RWMS end to end: teachers, pseudo-label pass, reliability split, "
+                       "students S1 and S2 (and the rwms.compare stages), then the report; a rerun skips finished stages")
+    _common(p)
+
     p = sub.add_parser("split", help="write labeled/unlabeled split files for a fraction and a seed")
     _common(p, run_required=False)
     p.add_argument("--fraction", help="labeled fraction, e.g. 1/8 (default: data.labeled_fraction)")
@@ -60,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--flip", action="store_true")
 
+    p = sub.add_parser("report", help="write RUN/report.md (stages, per-class IoU, pseudo labels, loss curves, "
+                       "predictions beside ground truth) with its images in RUN/report/")
+    p.add_argument("--run", required=True, help="run directory (a local path or a URI)")
+    p.add_argument("--images", type=int, default=4, help="val images to show predictions of (default: 4)")
+
     p = sub.add_parser("data", help="download and prepare a dataset")
     p.add_argument("name", choices=["camvid"])
     p.add_argument("--to", required=True, help="destination folder")
@@ -82,20 +91,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"CamVid ready at {download_camvid(args.to)}")
         return 0
 
+    if args.command == "report":  # reads the run as it is: no config, and config.yaml stays untouched
+        from raysemi.report import write_report
+
+        print(write_report(args.run, args.images))
+        return 0
+
     if args.command == "pseudo-label":  # the flags are config values: config.yaml records them
         args.set += ["pseudo.skip_bad=true"] * args.skip_bad + ["pseudo.write_weights=true"] * args.write_weights
     cfg = load_config(args.config, args.set, args.data_root)  # validated before any Ray work
     run = None
     if args.run:
-        from raysemi.rundir import RunDir, atomic_write_text
+        from raysemi.rundir import RunDir
 
         run = RunDir(args.run)
-        atomic_write_text(run.path("config.yaml"), dump_yaml(cfg))
+        run.write_text("config.yaml", dump_yaml(cfg))
 
     if args.command == "teachers":
         from raysemi.pipelines.teachers import run_teachers
 
         run_teachers(cfg, run)
+    elif args.command == "rwms":
+        from raysemi.pipelines.rwms import run_rwms
+
+        run_rwms(cfg, run)
     elif args.command == "pseudo-label":
         from raysemi.pipelines.pseudo import run_pseudo
 
@@ -112,10 +131,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(_checkpoint(args, run), cfg, args.split, args.mode, args.crop, args.flip,
                                      explicit_data=bool(args.config or args.set))
         if run is not None:
-            from raysemi.rundir import atomic_write_text
-
-            name = Path(result["checkpoint"]).parent.name
-            atomic_write_text(run.path("eval", f"{name}-{Path(args.split).stem}.json"), json.dumps(result, indent=2))
+            name = Path(result["checkpoint"].split("?")[0]).parent.name
+            run.write_text(f"eval/{name}-{Path(args.split).stem}.json", json.dumps(result, indent=2))
     elif args.command == "predict":
         from raysemi.serve import predict_folder
 
@@ -124,7 +141,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(args: argparse.Namespace, run) -> str:
-    if Path(args.checkpoint).is_file() or run is None:
+    from raysemi import storage
+
+    if storage.is_file(args.checkpoint) or run is None:
         return args.checkpoint
     rec = run.stage(args.checkpoint)
     if not rec or not rec.get("checkpoint"):
@@ -137,7 +156,7 @@ def _split(args: argparse.Namespace, cfg, run) -> None:
 
     if not args.out and run is None:
         raise ConfigError("split: give --out DIR or --run DIR")
-    out = Path(args.out) if args.out else run.path("splits")
+    out = args.out or run.path("splits")
     root = resolve_data_root(cfg)
     labeled, unlabeled = draw_split(cfg, root, args.fraction, args.seed)
     write_splits(out, root, labeled, unlabeled)

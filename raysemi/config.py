@@ -160,6 +160,49 @@ class PseudoConfig:
 
 
 @dataclass
+class RWMSConfig:
+    """The students of RWMS (Algorithm 1 steps 4-7), and the paper's baselines and ablations as values:
+
+    RWMS (the defaults)        phases 2, split reliability, reweight true, strong true
+    one-phase retraining       phases 1: one student on D_l + all of U with T1's labels and the weights
+    random multi-phase         split random: U1 / U2 drawn at random (same sizes) instead of by r
+    without reweighting        reweight false: w = 1 on every pseudo-labeled pixel
+    Baseline (ST)              phases 1, reweight false, strong false
+    teacher-2 choice           teachers.t2 (PSPNet R50, DeepLabv2 R101, DeepLabv3+ R101)
+
+    `compare` adds stages trained in the same run, on the same schedule, for the final table:
+    "suponly" (the student model on D_l alone) and "baseline" (the Baseline above).
+    """
+
+    student: ModelConfig | None = None  # S1 and S2; default: the same model as teachers.t1
+    phases: int = 2
+    split: Literal["reliability", "random"] = "reliability"
+    reweight: bool = True
+    strong: bool = True  # photometric strong augmentation of pseudo-labeled images (never of labeled ones)
+    lam: float = 1.0  # L = L_s + lam * L_u
+    pseudo_batch_size: int | None = None  # pseudo-labeled images per batch; default: train.batch_size
+    iterations: int | None = None  # the students' schedule; default: train.iterations / train.epochs
+    # CPUs (torch threads) per student worker; default train's. Students train one at a time, the
+    # two teachers side by side: on a small machine the students may take every core.
+    cpus_per_worker: int | None = None
+    compare: list[str] = field(default_factory=list)  # "suponly", "baseline"
+
+    def validate(self) -> None:
+        if self.phases not in (1, 2):
+            _bad("rwms.phases", self.phases, "1 or 2")
+        if self.lam < 0:
+            _bad("rwms.lam", self.lam, ">= 0")
+        if self.pseudo_batch_size is not None and self.pseudo_batch_size < 1:
+            _bad("rwms.pseudo_batch_size", self.pseudo_batch_size, ">= 1")
+        for key in ("iterations", "cpus_per_worker"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                _bad(f"rwms.{key}", getattr(self, key), ">= 1")
+        for i, name in enumerate(self.compare):
+            if name not in ("suponly", "baseline"):
+                _bad(f"rwms.compare[{i}]", name, "'suponly' or 'baseline'")
+
+
+@dataclass
 class RayConfig:
     address: str = ""  # "" starts a local Ray; "auto" joins the cluster this runs on
     num_cpus: int | None = None  # local Ray only; default: all cores
@@ -172,14 +215,18 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)  # schedule of every training stage
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    rwms: RWMSConfig = field(default_factory=RWMSConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
         self.data.validate()
         self.train.validate()
         self.pseudo.validate()
-        for key, model in (("model", self.model), ("teachers.t1", self.teachers.t1), ("teachers.t2", self.teachers.t2)):
-            model.validate(key)
+        self.rwms.validate()
+        for key, model in (("model", self.model), ("teachers.t1", self.teachers.t1), ("teachers.t2", self.teachers.t2),
+                           ("rwms.student", self.rwms.student)):
+            if model is not None:
+                model.validate(key)
         if self.ray.num_cpus is not None and self.ray.num_cpus < 1:
             _bad("ray.num_cpus", self.ray.num_cpus, ">= 1")
 
@@ -197,21 +244,15 @@ def _check_size(key: str, value: list[int]) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), data_root: str | None = None) -> Config:
-    """Load YAML (or defaults), apply `key.path=value` overrides, convert to typed dataclasses, validate."""
+    """Load YAML (or defaults), apply `key.path=value` overrides, convert to typed dataclasses, validate.
+
+    A file may start from another: `extends: base.yaml` (relative to the file) loads that one first
+    and lays this file's values over it, section by section, so an ablation is a few lines."""
     raw: dict = {}
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+        raw = _read_yaml(Path(path), ())
     for item in overrides:
         _apply_override(raw, item)
     if data_root:
@@ -223,6 +264,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), data_
         where = f" (in {source}" + (" with --set overrides)" if overrides else ")")
         raise ConfigError(f"{exc}{where}") from None
     return cfg
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict:
+    """One config file as a mapping, with its `extends` chain merged under it."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: extends itself (through {' -> '.join(map(str, seen))})")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: expected a file name, got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {base}, but {base_path} does not exist")
+    return _merge(_read_yaml(base_path, (*seen, path.resolve())), raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _apply_override(raw: dict, item: str) -> None:

@@ -7,12 +7,11 @@ it with `atomic_write_bytes`, so a reader never sees half a file."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 
 from raysemi.methods.reliability import rank_weights
-from raysemi.rundir import atomic_write_bytes
+from raysemi import storage
 
 IGNORE = 255
 DPI = 100
@@ -29,7 +28,7 @@ def _figure(width: float, height: float):
 def _save(fig, path) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)  # a bare Figure renders with the Agg canvas
-    atomic_write_bytes(path, buf.getvalue())
+    storage.write_bytes(path, buf.getvalue())
     return str(path)
 
 
@@ -138,5 +137,4 @@ def weight_heatmaps(rows: list[dict], images: list[np.ndarray], a: float, b: flo
 
 def figure_paths(figures_dir) -> dict[str, str]:
     """Where a pass's figures go: FIG_DIR/reliability_hist.png and FIG_DIR/weight_maps.png."""
-    d = Path(figures_dir)
-    return {"reliability_hist": str(d / "reliability_hist.png"), "weight_maps": str(d / "weight_maps.png")}
+    return {name: storage.join(figures_dir, f"{name}.png") for name in ("reliability_hist", "weight_maps")}

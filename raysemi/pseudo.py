@@ -21,8 +21,9 @@ The table, one row per image (images stay where they are; join by id):
 Plain pyarrow reads it (`read_pseudo_table`, `iter_pseudo_batches`, `decode`); nothing here
 imports Ray at module level. A table directory is complete when it holds `_meta.json`: the file is
 written last into the temporary directory, and that directory is renamed into place only after it.
-Every table path goes through `table_uri` and `_filesystem`, so a later switch of the run
-directory to a `pyarrow.fs` URI (S3, GCS) changes these two helpers only.
+On a local disk the table is written into a temporary directory that is renamed into place; an
+object store (s3://, gs://) has no directory rename, so there the pass writes into the table's
+own (emptied) directory and `_meta.json`, written last, is what makes it complete.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from raysemi import storage
 from raysemi.data.datasets import DataError, Item, load_image, resize_pair
 from raysemi.methods.reliability import agreement_rank, image_reliability, rank_weights, reliability_split
 from raysemi.rundir import fingerprint, now
@@ -109,21 +111,16 @@ def weights_from_rank(rank, a: float = 1.0, b: float = 1.0):
     return rank_weights(rank, a, b)
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and path of a table location: a local path today, any pyarrow.fs URI later."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
 def table_uri(run: RunDir, name: str) -> str:
     """Where the table of pass `name` lives in a run: RUN/pseudo/<name>/ (the one place that says so)."""
-    return str(run.path("pseudo", name))
+    return run.path("pseudo", name)
 
 
 def table_meta(uri: str) -> dict:
     """The `_meta.json` of a complete table; IncompleteTableError if there is none."""
-    fs, path = _filesystem(uri)
+    fs, path = storage.filesystem(uri)
     try:
         with fs.open_input_stream(f"{path}/{META_FILE}") as f:
             return json.loads(f.read())
@@ -140,9 +137,10 @@ def is_complete(uri: str) -> bool:
         return False
 
 
-def _dataset(uri: str) -> pads.Dataset:
+def table_dataset(uri: str) -> pads.Dataset:
+    """A complete table as a pyarrow Dataset (its `.files` are the Parquet files)."""
     table_meta(uri)  # refuse incomplete tables
-    fs, path = _filesystem(uri)
+    fs, path = storage.filesystem(uri)
     # names starting with "_" or "." (the meta file, leftovers) are not data files
     return pads.dataset(path, format="parquet", filesystem=fs, ignore_prefixes=[".", "_"])
 
@@ -151,12 +149,12 @@ def read_pseudo_table(uri: str, columns: list[str] | None = None, ids: list[str]
     """The whole table (or some columns of it, or the rows of some ids) as one pyarrow Table. For
     the labels of a large set, stream with `iter_pseudo_batches` instead; `columns=["id",
     "reliability"]` is cheap, and so is a few `ids`."""
-    return _dataset(uri).to_table(columns=columns, filter=None if ids is None else pads.field("id").isin(ids))
+    return table_dataset(uri).to_table(columns=columns, filter=None if ids is None else pads.field("id").isin(ids))
 
 
 def iter_pseudo_batches(uri: str, columns: list[str] | None = None, batch_size: int = 16) -> Iterator[pa.RecordBatch]:
     """Stream the table as record batches of at most batch_size rows, reading little ahead."""
-    yield from _dataset(uri).to_batches(columns=columns, batch_size=batch_size, batch_readahead=1,
+    yield from table_dataset(uri).to_batches(columns=columns, batch_size=batch_size, batch_readahead=1,
                                         fragment_readahead=1)
 
 
@@ -235,6 +233,9 @@ class PassJob:
     skip_bad: bool
     rejects_dir: str  # where actors note skipped images (inside the temporary table directory)
     errors_dir: str  # where an actor notes the image that failed the pass, before raising
+    # a one-model pass that keeps the pair's ranks (RWMS step 5: S1's labels for U2, the teachers'
+    # weights): each input row names the Parquet file of that table that holds its rank and r
+    ranks_from: str | None = None
 
 
 def source_name(models: list[dict]) -> str:
@@ -259,9 +260,11 @@ class Labeler:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         job = self.job
         images, rejects = [], []
-        for id_, path in zip(batch["id"], batch["image"]):
+        rows = [(str(i), str(p)) for i, p in zip(batch["id"], batch["image"])]
+        carry = _read_ranks(job.ranks_from, batch) if job.ranks_from else None
+        for id_, path in rows:
             try:
-                images.append((str(id_), load_for_labeling(str(path), job.image_size)))
+                images.append((id_, load_for_labeling(path, job.image_size)))
             except DataError as exc:
                 if not job.skip_bad:
                     _write_rejects(job.errors_dir, [(str(path), str(exc))])
@@ -278,20 +281,39 @@ class Labeler:
             outs = label_images(self.models, [images[i][1] for i in idx], job.num_classes, self.device, weights)
             for i, o in zip(idx, outs):
                 results[i] = o
+        if carry is not None:
+            for (id_, _), res in zip(images, results):
+                rank, r = carry[id_]
+                res["rank"] = np.frombuffer(rank, dtype=np.uint8).reshape(res["label"].shape)
+                res["reliability"] = float(r)
         return results_table([id_ for id_, _ in images], results, self.source, self.schema)
 
 
+def _read_ranks(uri: str, batch: dict) -> dict[str, tuple[bytes, float]]:
+    """id -> (rank bytes, r) of a batch's rows, read from the files of the pair's table that hold them."""
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.filesystem(uri)
+    by_file: dict[str, list[str]] = defaultdict(list)
+    for id_, file in zip(batch["id"], batch["ranks_file"]):
+        by_file[str(file)].append(str(id_))
+    out = {}
+    for file, ids in by_file.items():
+        t = pq.read_table(file, filesystem=fs, columns=["id", "rank", "reliability"], filters=[("id", "in", ids)])
+        out.update({i: (rk, r) for i, rk, r in zip(t["id"].to_pylist(), t["rank"].to_pylist(), t["reliability"].to_pylist())})
+    return out
+
+
 def _write_rejects(dir_uri: str, rejects: list[tuple[str, str]]) -> None:
-    fs, path = _filesystem(dir_uri)
+    fs, path = storage.filesystem(dir_uri)
     fs.create_dir(path, recursive=True)
     text = "".join(f"{p}\t{' '.join(reason.split())}\n" for p, reason in rejects)
-    with fs.open_output_stream(f"{path}/{uuid.uuid4().hex}.tsv") as f:
-        f.write(text.encode())
+    storage.write_text(storage.join(dir_uri, f"{uuid.uuid4().hex}.tsv"), text)
 
 
 def _read_rejects(dir_uri: str) -> list[tuple[str, str]]:
     """Every reject noted by the actors, once per path (a retried task notes its rejects again)."""
-    fs, path = _filesystem(dir_uri)
+    fs, path = storage.filesystem(dir_uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     found: dict[str, str] = {}
@@ -306,33 +328,11 @@ def _read_rejects(dir_uri: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # Storage: temporary directory, atomic commit
 
-def _write_text(uri: str, text: str) -> None:
-    if "://" not in uri:
-        from raysemi.rundir import atomic_write_text
-
-        atomic_write_text(uri, text)
-        return
-    fs, path = _filesystem(uri)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
-
-
-def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
-
-
-def _remove_file(uri: str) -> None:
-    fs, path = _filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.File:
-        fs.delete_file(path)
-
-
 def _remove_table(uri: str) -> None:
     """Remove a table and any temporary directories an earlier, interrupted pass left beside it."""
-    fs, path = _filesystem(uri)
+    fs, path = storage.filesystem(uri)
     parent, name = path.rsplit("/", 1)
-    _delete_dir(fs, path)
+    storage.remove(uri)
     if fs.get_file_info(parent).type == pafs.FileType.NotFound:
         return
     for info in fs.get_file_info(pafs.FileSelector(parent)):
@@ -341,9 +341,12 @@ def _remove_table(uri: str) -> None:
 
 
 def _commit(tmp: str, uri: str) -> None:
-    """Rename the finished temporary directory onto the table's place (a rename: atomic on a local disk)."""
-    fs, path = _filesystem(uri)
-    _, tmp_path = _filesystem(tmp)
+    """Rename the finished temporary directory onto the table's place (a rename: atomic on a local disk).
+    On an object store the pass wrote in place (tmp == uri): nothing to do."""
+    if tmp == uri:
+        return
+    fs, path = storage.filesystem(uri)
+    _, tmp_path = storage.filesystem(tmp)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         old = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.old-{uuid.uuid4().hex[:8]}"
         fs.move(path, old)
@@ -360,7 +363,8 @@ def file_digest(path: str) -> str:
     """sha256 of a checkpoint file: its identity in the pass's input fingerprint (content, so a copied
     or touched file that is unchanged does not force a new pass)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    fs, fs_path = storage.filesystem(path)
+    with fs.open_input_stream(fs_path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -372,10 +376,11 @@ def describe_models(models: list[tuple[str, str]]) -> list[dict]:
 
     out = []
     for stage, checkpoint in models:
-        if not os.path.isfile(checkpoint):
+        if not storage.is_file(checkpoint):
             raise FileNotFoundError(f"checkpoint of {stage} not found: {checkpoint}")
         bundle = load_bundle(checkpoint)
-        out.append({"stage": stage, "checkpoint": os.path.abspath(checkpoint), "sha256": file_digest(checkpoint),
+        checkpoint = checkpoint if storage.is_uri(checkpoint) else os.path.abspath(checkpoint)
+        out.append({"stage": stage, "checkpoint": checkpoint, "sha256": file_digest(checkpoint),
                     "arch": bundle["model"]["arch"], "backbone": bundle["model"]["backbone"],
                     "num_classes": int(bundle["num_classes"]), "dataset": bundle.get("dataset"),
                     "image_size": list(bundle["image_size"]) if bundle.get("image_size") else None})
@@ -383,12 +388,14 @@ def describe_models(models: list[tuple[str, str]]) -> list[dict]:
 
 
 def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[Item], pc: PseudoConfig,
-             force: bool = False, expect: dict | None = None, ray_config: RayConfig | None = None) -> dict:
+             force: bool = False, expect: dict | None = None, ray_config: RayConfig | None = None,
+             ranks_from: str | None = None) -> dict:
     """Label `items` with one model (label only) or a pair (label, rank, reliability) into the table
     `table_uri(run, name)`; the manifest stage is `pseudo_<name>`. Skipped when it finished with the
     same inputs (checkpoint contents, item ids and paths, resolution, classes and, when stored, the
     weights' a and b). `expect` ({"dataset": ..., "num_classes": ...}) is checked against the models
-    before any work. Ray is started (`init_ray(ray_config)`, a no-op if it runs) only when there is
+    before any work. `ranks_from` (a pair's table, one model only): the rows keep that table's rank
+    and reliability, and only the model's labels are new (RWMS step 5). Ray is started (`init_ray(ray_config)`, a no-op if it runs) only when there is
     work to do, so a finished pass answers at once. Returns the stage record."""
     if len(models) not in (1, 2):
         raise ValueError(f"a pass takes one model or a pair, got {len(models)}")
@@ -408,10 +415,12 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         raise DataError(f"pass {name}: the items hold duplicate ids")
+    ranks_meta = _check_ranks_table(ranks_from, described, ids) if ranks_from else None
     weights = [pc.a, pc.b] if pc.write_weights and len(models) == 2 else None
     inputs = fingerprint({"format": FORMAT, "models": [[m["stage"], m["sha256"]] for m in described],
                           "items": [[it.id, it.image] for it in items], "image_size": first["image_size"],
-                          "num_classes": first["num_classes"], "weights": weights})
+                          "num_classes": first["num_classes"], "weights": weights,
+                          "ranks_from": ranks_meta and ranks_meta["inputs"]})
     rec = run.stage(stage)
     # a pass that skipped bad images is not good enough for a rerun that would not skip them
     if (not force and run.is_done(stage, inputs) and (pc.skip_bad or not rec.get("rejected"))
@@ -420,17 +429,19 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
         return rec
 
     run.update_stage(stage, status="running", inputs=inputs, started=now(), ended=None, table=None, error=None)
-    parent = uri.rsplit("/", 1)[0]
-    rejects_file = f"{parent}/{name}-rejects.txt"
+    parent = run.path("pseudo")
+    rejects_file = storage.join(parent, f"{name}-rejects.txt")
     # the old table is stale for the new inputs: it must not be read as complete while this pass runs
     _remove_table(uri)
-    _remove_file(rejects_file)
-    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+    storage.remove(rejects_file)
+    # object stores cannot rename a directory: write in place there (complete once _meta.json is in)
+    tmp = uri if storage.is_uri(uri) else storage.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
     job = PassJob(name=name, models=[{k: m[k] for k in ("stage", "checkpoint", "arch", "backbone")} for m in described],
                   image_size=first["image_size"], num_classes=first["num_classes"],
                   threads=max(1, int(pc.cpus_per_actor)), use_gpu=pc.gpus_per_actor > 0,
                   write_weights=pc.write_weights, a=pc.a, b=pc.b, skip_bad=pc.skip_bad,
-                  rejects_dir=f"{tmp}/{REJECTS_DIR}", errors_dir=f"{tmp}/{ERRORS_DIR}")
+                  rejects_dir=storage.join(tmp, REJECTS_DIR), errors_dir=storage.join(tmp, ERRORS_DIR),
+                  ranks_from=ranks_from)
     t0 = time.time()
     print(f"[{stage}] labeling {len(items)} images with {source_name(job.models)} at "
           f"{'x'.join(map(str, job.image_size)) if job.image_size else 'native size'}: {pc.actors} actor(s), "
@@ -441,15 +452,15 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
         init_ray(ray_config or RayConfig())
         rows = _execute(job, items, tmp, pc)
         rejects = _read_rejects(job.rejects_dir)
-        fs, tmp_path = _filesystem(tmp)
-        _delete_dir(fs, f"{tmp_path}/{REJECTS_DIR}")
+        storage.remove(job.rejects_dir)
         if rows + len(rejects) != len(items):
             raise RuntimeError(f"pass {name}: {len(items)} images in, but {rows} rows and {len(rejects)} rejects out")
+        source = source_name(job.models) + (f" (ranks of {ranks_meta['source']})" if ranks_meta else "")
         meta = {"format": FORMAT, "name": name, "rows": rows, "rejected": len(rejects), "inputs": inputs,
-                "columns": table_schema(job.write_weights).names, "source": source_name(job.models),
+                "columns": table_schema(job.write_weights).names, "source": source,
                 "models": described, "image_size": job.image_size, "num_classes": job.num_classes,
                 "weights": {"a": pc.a, "b": pc.b} if weights else None, "created": now()}
-        _write_text(f"{tmp}/{META_FILE}", json.dumps(meta, indent=2))  # last: marks the directory complete
+        storage.write_text(storage.join(tmp, META_FILE), json.dumps(meta, indent=2))  # last: marks the directory complete
         _commit(tmp, uri)
     except BaseException as exc:
         user = None
@@ -457,8 +468,7 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
             noted = _read_rejects(job.errors_dir)  # the image an actor failed on, if that was the cause
             if noted:
                 user = DataError(f"{noted[0][1]} (pseudo.skip_bad / --skip-bad lists such images and goes on)")
-            fs, tmp_path = _filesystem(tmp)
-            _delete_dir(fs, tmp_path)
+            storage.remove(tmp)
         except Exception:  # noqa: BLE001 - the original error matters more
             pass
         user = user or user_error(exc)
@@ -466,7 +476,7 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
         if user is not None:
             raise user from None
         raise
-    _write_text(rejects_file, "".join(f"{p}\t{reason}\n" for p, reason in rejects))
+    storage.write_text(rejects_file, "".join(f"{p}\t{reason}\n" for p, reason in rejects))
     seconds = time.time() - t0
     print(f"[{stage}] {rows} images labeled, {len(rejects)} rejected ({rejects_file}) in {seconds:.1f}s "
           f"({rows / max(seconds, 1e-9):.1f} images/s) -> {uri}", flush=True)
@@ -476,12 +486,36 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
                             error=None)
 
 
+def _check_ranks_table(uri: str, described: list[dict], ids: list[str]) -> dict:
+    """The meta of the pair's table a one-model pass takes its ranks from, checked before any work."""
+    if len(described) != 1:
+        raise ValueError("ranks_from: only a one-model pass takes the ranks of a pair's table")
+    meta = table_meta(uri)
+    if "rank" not in meta["columns"] or len(meta.get("models", [])) != 2:
+        raise DataError(f"{uri} has no agreement ranks (a one-model table?): it cannot lend its ranks")
+    if meta["image_size"] != described[0]["image_size"]:
+        raise DataError(f"{uri} holds maps at {meta['image_size']} but {described[0]['stage']} "
+                        f"({described[0]['checkpoint']}) labels at {described[0]['image_size']}")
+    missing = set(ids) - set(ranks_files(uri))
+    if missing:
+        raise DataError(f"{uri} has no row for {len(missing)} of the images to label, e.g. {sorted(missing)[0]!r}")
+    return meta
+
+
+def ranks_files(uri: str) -> dict[str, str]:
+    """id -> the Parquet file of a table that holds its row (reads the id column only)."""
+    out = {}
+    for fragment in table_dataset(uri).get_fragments():
+        out.update(dict.fromkeys(fragment.to_table(columns=["id"])["id"].to_pylist(), fragment.path))
+    return out
+
+
 def _execute(job: PassJob, items: list[Item], tmp: str, pc: PseudoConfig) -> int:
     """The Ray Data pipeline; returns the number of rows written into `tmp`."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    fs, tmp_path = _filesystem(tmp)
+    fs, tmp_path = storage.filesystem(tmp)
     fs.create_dir(tmp_path, recursive=True)
     if items:
         total = ray.cluster_resources()
@@ -492,7 +526,11 @@ def _execute(job: PassJob, items: list[Item], tmp: str, pc: PseudoConfig) -> int
                       flush=True)
         # blocks of 8 batches (one Parquet file each, about), but at least two per actor to feed them all
         blocks = min(len(items), max(2 * pc.actors, -(-len(items) // (8 * pc.batch_size))))
-        ds = ray.data.from_items([{"id": it.id, "image": it.image} for it in items], override_num_blocks=blocks)
+        rows = [{"id": it.id, "image": it.image} for it in items]
+        if job.ranks_from:  # each row names the file with its rank; in file order, a batch reads few files
+            where = ranks_files(job.ranks_from)
+            rows = sorted(({**r, "ranks_file": where[r["id"]]} for r in rows), key=lambda r: (r["ranks_file"], r["id"]))
+        ds = ray.data.from_items(rows, override_num_blocks=blocks)
         ds = ds.map_batches(Labeler, fn_constructor_kwargs={"job": asdict(job)}, batch_size=pc.batch_size,
                             batch_format="numpy", compute=ActorPoolStrategy(size=pc.actors),
                             num_cpus=pc.cpus_per_actor, num_gpus=pc.gpus_per_actor)
@@ -546,8 +584,9 @@ def split_by_reliability(uri: str, items: list[Item], root: str, rho: float, spl
         raise DataError(f"{uri}: {len(unknown)} ids are not in the unlabeled split, e.g. {unknown[0]!r}")
     reliable, unreliable = reliability_split(ids, r, rho)
     r_of = dict(zip(ids, r))
-    write_split_file(os.path.join(splits_dir, "reliable.txt"), [by_id[i] for i in reliable], root, with_masks=False)
-    write_split_file(os.path.join(splits_dir, "unreliable.txt"), [by_id[i] for i in unreliable], root, with_masks=False)
+    files = {half: storage.join(splits_dir, f"{half}.txt") for half in ("reliable", "unreliable")}
+    write_split_file(files["reliable"], [by_id[i] for i in reliable], root, with_masks=False)
+    write_split_file(files["unreliable"], [by_id[i] for i in unreliable], root, with_masks=False)
 
     def half(selected: list[str]) -> dict:
         values = [r_of[i] for i in selected]
@@ -556,5 +595,4 @@ def split_by_reliability(uri: str, items: list[Item], root: str, rho: float, spl
 
     return {"rho": rho, "images": len(ids), "reliable": half(reliable), "unreliable": half(unreliable),
             "mean_r": float(np.mean(r)) if r else None,
-            "reliable_file": os.path.join(splits_dir, "reliable.txt"),
-            "unreliable_file": os.path.join(splits_dir, "unreliable.txt")}
+            "reliable_file": files["reliable"], "unreliable_file": files["unreliable"]}

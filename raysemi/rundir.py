@@ -7,36 +7,32 @@ Layout:
   splits/            labeled / unlabeled / val split files
   <stage>/           a stage's artifacts (best.pt, metrics.csv, tb/)
   ray/               Ray Train storage (checkpoints used to resume)
+  pseudo/            pseudo-label tables (Parquet) and their summaries
+  figures/           PNGs (reliability histogram, weight maps)
+
+The root is a local path or a URI (s3://bucket/runs/x): see `raysemi.storage`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from raysemi import storage
+
 _LOCK = threading.Lock()  # teachers update the manifest from two threads
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    storage.write_bytes(path, data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    storage.write_bytes(path, text.encode())
 
 
 def fingerprint(obj: Any) -> str:
@@ -49,19 +45,55 @@ def now() -> str:
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
-        if "://" in str(path):
-            raise NotImplementedError(f"run directory {path}: URIs are not supported yet, use a local path")
-        self.root = Path(path).expanduser().resolve()  # Train workers change directory
-        self.root.mkdir(parents=True, exist_ok=True)
+    """A run directory at a local path or a `pyarrow.fs` URI (s3://bucket/runs/x): every file of it
+    is read and written through `raysemi.storage`, so both behave the same."""
 
-    def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
+    def __init__(self, location: str | Path):
+        if storage.is_uri(location):
+            self.root = str(location)
+        else:  # absolute: Train workers change directory
+            self.root = str(Path(location).expanduser().resolve())
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def is_local(self) -> bool:
+        return not storage.is_uri(self.root)
+
+    def path(self, *parts: str) -> str:
+        """The location of a file or folder of the run (a local path or a URI)."""
+        return storage.join(self.root, *parts)
+
+    def local_dir(self, *parts: str) -> str:
+        """A local folder for files written by code that needs one (TensorBoard, the CSV log): the
+        run's own folder, or for a URI a scratch folder whose contents are copied to the URI."""
+        if self.is_local:
+            return self.path(*parts)
+        return str(Path(tempfile.gettempdir(), "raysemi", fingerprint(self.root), *parts))
+
+    # Files by their path relative to the run ("splits/labeled.txt"); writes are atomic.
+    def exists(self, rel: str) -> bool:
+        return storage.exists(self.path(rel))
+
+    def read_text(self, rel: str) -> str:
+        return storage.read_text(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return storage.read_bytes(self.path(rel))
+
+    def write_text(self, rel: str, text: str) -> str:
+        storage.write_text(self.path(rel), text)
+        return self.path(rel)
+
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        storage.write_bytes(self.path(rel), data)
+        return self.path(rel)
 
     # --- manifest ---
     def manifest(self) -> dict:
-        p = self.path("manifest.json")
-        return json.loads(p.read_text()) if p.exists() else {"stages": {}}
+        try:
+            return json.loads(self.read_text("manifest.json"))
+        except FileNotFoundError:
+            return {"stages": {}}
 
     def stage(self, name: str) -> dict | None:
         return self.manifest()["stages"].get(name)
@@ -75,14 +107,14 @@ class RunDir:
             man = self.manifest()
             rec = man["stages"].setdefault(name, {})
             rec.update(fields)
-            atomic_write_text(self.path("manifest.json"), json.dumps(man, indent=2))
+            self.write_text("manifest.json", json.dumps(man, indent=2))
             self._write_summary(man)
             return dict(rec)
 
     def _write_summary(self, man: dict) -> None:
         keys = ("status", "val_miou", "started", "ended", "checkpoint", "loop_started", "loop_ended")
         stages = {name: {k: rec.get(k) for k in keys} for name, rec in man["stages"].items()}
-        atomic_write_text(self.path("summary.json"), json.dumps({"run": str(self.root), "stages": stages}, indent=2))
+        self.write_text("summary.json", json.dumps({"run": self.root, "stages": stages}, indent=2))
 
     def summary(self) -> dict:
-        return json.loads(self.path("summary.json").read_text())
+        return json.loads(self.read_text("summary.json"))

@@ -2,6 +2,7 @@
 reliability (hand-computed), incomplete tables, error unwrapping and the command's early checks."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -189,10 +190,10 @@ def test_command_refuses_a_labeled_split_other_than_the_teachers(tmp_path, synth
         run.update_stage(name, status="done", checkpoint=str(tmp_path / name / "best.pt"))
     base = ["pseudo-label", "--run", str(run.root), "--data-root", str(synthetic_root), "--set", "data.dataset=folder",
             "--set", "data.num_classes=3"]
-    run.path("splits").mkdir()
-    run.path("splits", "labeled.txt").write_text("train/images/train_0000.png train/masks/train_0000.png\n")
+    Path(run.path("splits")).mkdir()
+    Path(run.path("splits", "labeled.txt")).write_text("train/images/train_0000.png train/masks/train_0000.png\n")
     assert main(base + ["--set", "data.labeled_fraction=1/4"]) == 2
     err = capsys.readouterr().err
     assert "differs from" in err and "labeled.txt" in err
-    assert run.path("splits", "labeled.txt").read_text() == "train/images/train_0000.png train/masks/train_0000.png\n"
+    assert Path(run.path("splits", "labeled.txt")).read_text() == "train/images/train_0000.png train/masks/train_0000.png\n"
     assert not ray.is_initialized()

@@ -16,6 +16,7 @@ from PIL import Image
 
 from raysemi.cli import main
 from raysemi.config import PseudoConfig, load_config
+from raysemi.data.datasets import DataError, Item
 from raysemi.data.synthetic import make_synthetic
 from raysemi.data.transforms import normalize
 from raysemi.models import build_model
@@ -100,7 +101,7 @@ def test_table_matches_plain_torch_then_resumes_and_recomputes(ray_local, tmp_pa
     rec = run_pseudo(cfg, run)
     assert rec["status"] == "done" and rec["rows"] == 8 and rec["rejected"] == 0
     uri = rec["table"]
-    assert uri == table_uri(run, "teachers") == str(run.path("pseudo", "teachers"))
+    assert uri == table_uri(run, "teachers") == run.path("pseudo", "teachers")
 
     table = pq.read_table(uri)  # plain pyarrow, no raysemi reader
     assert table.num_rows == 8
@@ -124,15 +125,15 @@ def test_table_matches_plain_torch_then_resumes_and_recomputes(ray_local, tmp_pa
     # the split: top rho = 0.5 of 8 by r, mean r of each half and over all, in files and manifest
     r_sorted = sorted(((-r["reliability"], i) for i, r in rows.items()))
     top = [i for _, i in r_sorted[:4]]
-    assert run.path("splits", "reliable.txt").read_text().split() == [f"{i}.png" for i in top]
-    assert sorted(run.path("splits", "unreliable.txt").read_text().split()) == sorted(f"{i}.png" for i in rows if i not in top)
-    split = json.loads(run.path("pseudo", "teachers-summary.json").read_text())["split"]
+    assert Path(run.path("splits", "reliable.txt")).read_text().split() == [f"{i}.png" for i in top]
+    assert sorted(Path(run.path("splits", "unreliable.txt")).read_text().split()) == sorted(f"{i}.png" for i in rows if i not in top)
+    split = json.loads(Path(run.path("pseudo", "teachers-summary.json")).read_text())["split"]
     all_r = [r["reliability"] for r in rows.values()]
     assert split["mean_r"] == pytest.approx(np.mean(all_r), abs=1e-6)
     assert split["reliable"]["mean_r"] == pytest.approx(np.mean([rows[i]["reliability"] for i in top]), abs=1e-6)
     assert run.stage("pseudo_teachers")["split"] == split
-    assert run.path("pseudo", "teachers-rejects.txt").read_text() == ""
-    assert not [p for p in run.path("pseudo").iterdir() if p.name.startswith(".")]  # no temporary directories left
+    assert Path(run.path("pseudo", "teachers-rejects.txt")).read_text() == ""
+    assert not [p for p in Path(run.path("pseudo")).iterdir() if p.name.startswith(".")]  # no temporary directories left
 
     # a rerun with the same inputs does not label again; a new rho only re-sorts
     files = sorted(p.name for p in Path(uri).iterdir())
@@ -141,7 +142,7 @@ def test_table_matches_plain_torch_then_resumes_and_recomputes(ray_local, tmp_pa
     again = run_pseudo(cfg, run)
     assert "already done" in capsys.readouterr().out
     assert again["inputs"] == rec["inputs"] and sorted(p.name for p in Path(uri).iterdir()) == files
-    assert run.path("splits", "reliable.txt").read_text().split() == [f"{i}.png" for i in top[:2]]
+    assert Path(run.path("splits", "reliable.txt")).read_text().split() == [f"{i}.png" for i in top[:2]]
 
     # a new teacher-2 file: labeled again, the table replaced (not appended to)
     save_teacher(run, "t2", "pspnet", seed=7)
@@ -169,11 +170,11 @@ def test_bad_image_is_skipped_with_skip_bad_and_fails_the_pass_without(ray_local
     table = read_pseudo_table(rec["table"])
     assert table.num_rows == 8 and "bad" not in table.column("id").to_pylist()
     assert "weight" not in table.column_names  # not written unless asked
-    rejects = run.path("pseudo", "teachers-rejects.txt").read_text().splitlines()
+    rejects = Path(run.path("pseudo", "teachers-rejects.txt")).read_text().splitlines()
     assert len(rejects) == 1 and rejects[0].startswith(f"{bad}\tcannot read image {bad}")
-    summary = json.loads(run.path("pseudo", "teachers-summary.json").read_text())
+    summary = json.loads(Path(run.path("pseudo", "teachers-summary.json")).read_text())
     assert summary["rejected"] == 1 and summary["split"]["images"] == 8
-    listed = run.path("splits", "reliable.txt").read_text().split() + run.path("splits", "unreliable.txt").read_text().split()
+    listed = Path(run.path("splits", "reliable.txt")).read_text().split() + Path(run.path("splits", "unreliable.txt")).read_text().split()
     assert len(listed) == 8 and "bad.png" not in listed
     capsys.readouterr()
 
@@ -186,8 +187,8 @@ def test_bad_image_is_skipped_with_skip_bad_and_fails_the_pass_without(ray_local
     assert rec["status"] == "failed" and bad in rec["error"]
     with pytest.raises(IncompleteTableError):
         read_pseudo_table(table_uri(run, "teachers"))
-    assert not [p for p in run.path("pseudo").iterdir() if p.name.startswith(".")]
-    assert not run.path("splits", "reliable.txt").exists() and not run.path("pseudo", "teachers-summary.json").exists()
+    assert not [p for p in Path(run.path("pseudo")).iterdir() if p.name.startswith(".")]
+    assert not Path(run.path("splits", "reliable.txt")).exists() and not Path(run.path("pseudo", "teachers-summary.json")).exists()
 
 
 def test_one_model_pass_writes_labels_only(ray_local, tmp_path, data_root):
@@ -204,3 +205,23 @@ def test_one_model_pass_writes_labels_only(ray_local, tmp_path, data_root):
         y1, _, _ = reference(ckpt1, ckpt2, it.image)
         np.testing.assert_array_equal(row["label"], y1)
         assert row["rank"] is None
+
+
+def test_one_model_pass_keeps_the_pairs_ranks(ray_local, tmp_path, data_root):
+    """RWMS step 5: S1's labels for U2 with the teacher pair's ranks and r (here T2 plays S1)."""
+    run, ckpt1, ckpt2 = teachers_run(tmp_path, data_root)
+    plan = plan_data(load_config(config_file(tmp_path, data_root)), run)
+    pair = run_pass(run, "teachers", [("t1", ckpt1), ("t2", ckpt2)], plan.unlabeled, PseudoConfig(actors=1, batch_size=4))
+    u2 = plan.unlabeled[1::2]  # both image sizes
+    rec = run_pass(run, "s1", [("t2", ckpt2)], u2, PseudoConfig(actors=2, batch_size=2), ranks_from=pair["table"])
+    assert rec["rows"] == 4 and rec["source"].startswith("t2:pspnet/resnet18 (ranks of t1:")
+    mine, theirs = rows_by_id(rec["table"]), rows_by_id(pair["table"])
+    assert sorted(mine) == sorted(it.id for it in u2)
+    for it in u2:
+        y2, _, _ = reference(ckpt2, ckpt1, it.image)  # label: T2's argmax
+        np.testing.assert_array_equal(mine[it.id]["label"], y2)
+        np.testing.assert_array_equal(mine[it.id]["rank"], theirs[it.id]["rank"])
+        assert mine[it.id]["reliability"] == theirs[it.id]["reliability"]
+    stranger = Item("nope", str(data_root / "train" / "images" / "small_0.png"), None)
+    with pytest.raises(DataError, match="no row for 1 of the images to label, e.g. 'nope'"):
+        run_pass(run, "s1", [("t2", ckpt2)], [stranger], PseudoConfig(), ranks_from=pair["table"])

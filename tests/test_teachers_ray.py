@@ -33,7 +33,7 @@ def teachers_run(ray_local, camvid_root, tmp_path_factory):
 
 def test_two_teachers_trained_at_once(teachers_run):
     cfg, run, records = teachers_run
-    summary = json.loads(run.path("summary.json").read_text())["stages"]
+    summary = json.loads(Path(run.path("summary.json")).read_text())["stages"]
     for name in ("t1", "t2"):
         assert summary[name]["status"] == "done"
         assert 0 < summary[name]["val_miou"] <= 1
@@ -41,7 +41,7 @@ def test_two_teachers_trained_at_once(teachers_run):
     t1, t2 = summary["t1"], summary["t2"]
     # the training loops themselves overlapped in time, not just the threads that launched them
     assert t1["loop_started"] < t2["loop_ended"] and t2["loop_started"] < t1["loop_ended"]
-    labeled = run.path("splits", "labeled.txt").read_text().splitlines()
+    labeled = Path(run.path("splits", "labeled.txt")).read_text().splitlines()
     assert len(labeled) == round(367 / 8)
 
 
@@ -70,7 +70,7 @@ def test_rerun_skips_finished_teachers(teachers_run, capsys):
 def test_eval_and_predict_commands(teachers_run, camvid_root, tmp_path, capsys):
     _, run, records = teachers_run
     assert main(["eval", "--checkpoint", "t1", "--run", str(run.root), "--data-root", str(camvid_root)]) == 0
-    result = json.loads(run.path("eval", "t1-val.json").read_text())
+    result = json.loads(Path(run.path("eval", "t1-val.json")).read_text())
     assert result["images"] == 101
     assert result["miou"] == pytest.approx(records["t1"]["val_miou"], abs=1e-6)  # the same score as in training
     assert "Road" in capsys.readouterr().out
@@ -141,12 +141,64 @@ def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
     assert table.num_rows == 367 - 46
     r = table.column("reliability").to_numpy()
     assert ((0 <= r) & (r <= 1)).all() and r.std() > 0
-    reliable = run.path("splits", "reliable.txt").read_text().split("\n")
-    unreliable = run.path("splits", "unreliable.txt").read_text().split("\n")
+    reliable = Path(run.path("splits", "reliable.txt")).read_text().split("\n")
+    unreliable = Path(run.path("splits", "unreliable.txt")).read_text().split("\n")
     assert len([x for x in reliable if x]) == 161 and len([x for x in unreliable if x]) == 160  # 321 * 0.5 rounds up
     row = next(iter_pseudo_rows(table_uri(run, "teachers")))
     assert row["label"].shape == (64, 80) and row["label"].max() < 11
     assert 1 <= row["rank"].min() and row["rank"].max() <= 11
     for name in ("reliability_hist.png", "weight_maps.png"):  # RWMS Fig. 4 and Fig. 5
-        assert run.path("figures", name).is_file() and run.path("figures", name).stat().st_size > 1000
-    assert run.stage("pseudo_teachers")["figures"]["weight_maps"] == str(run.path("figures", "weight_maps.png"))
+        assert Path(run.path("figures", name)).is_file() and Path(run.path("figures", name)).stat().st_size > 1000
+    assert run.stage("pseudo_teachers")["figures"]["weight_maps"] == run.path("figures", "weight_maps.png")
+
+
+def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_root, capsys):
+    """`raysemi rwms` with the smoke config on the run that holds the smoke teachers and pass: they are
+    reused; SIGKILL during S1 after its first checkpoint; the same command resumes S1 from it and
+    runs every later stage; a third run skips every stage."""
+    from raysemi.pseudo import read_pseudo_table, table_meta
+
+    _, run, _ = teachers_run
+    cmd = RAYSEMI + ["rwms", "--config", str(REPO / "experiments/smoke/rwms.yaml"), "--run", run.root,
+                     "--data-root", str(camvid_root)]
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+    metrics_csv = Path(run.path("s1", "metrics.csv"))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics_csv.exists() and any(r["val_miou"] for r in csv.DictReader(open(metrics_csv))):
+            break  # S1 reported its first checkpoint (epoch 1 of 2)
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    time.sleep(1.0)  # let the checkpoint land in storage
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = proc.stdout.read()
+    for stage in ("t1", "t2", "pseudo_teachers"):
+        assert f"[{stage}] already done with these inputs" in first, first[-3000:]
+    assert run.stage("s1")["status"] == "running"
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "[s1] resumed from the checkpoint of epoch 1" in log, log[-3000:]
+    stages = run.manifest()["stages"]
+    for stage in ("s1", "pseudo_s1", "s2", "baseline"):
+        assert stages[stage]["status"] == "done", stage
+    assert "SupOnly is T1" in log and "suponly" not in stages  # same model and schedule: not trained twice
+    # S1's pass labels U2 only and keeps the teacher pair's ranks and reliability
+    s1_table = read_pseudo_table(stages["pseudo_s1"]["table"], columns=["id", "rank", "reliability"])
+    pair = read_pseudo_table(stages["pseudo_teachers"]["table"], columns=["id", "rank", "reliability"],
+                             ids=s1_table["id"].to_pylist())
+    assert s1_table.num_rows == 160 and sorted(s1_table.to_pylist(), key=lambda r: r["id"]) == \
+           sorted(pair.to_pylist(), key=lambda r: r["id"])
+    assert table_meta(stages["pseudo_s1"]["table"])["source"].startswith("s1:deeplabv3plus/efficientnet_lite0 (ranks of t1:")
+    for name in ("SupOnly", "Baseline", "RWMS"):
+        assert any(line.split()[:1] == [name] for line in log.splitlines()), name
+    assert Path(run.path("report.md")).is_file()
+
+    capsys.readouterr()
+    assert main(cmd[3:]) == 0
+    again = capsys.readouterr().out
+    for stage in ("t1", "t2", "pseudo_teachers", "s1", "pseudo_s1", "s2", "baseline"):
+        assert f"[{stage}] already done with these inputs" in again, stage

@@ -2,6 +2,7 @@
 import csv
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,3 +56,50 @@ def test_plain_loop_learns_logs_and_resumes(synthetic_root, tmp_path):
     model, bundle = load_model(tmp_path / "run" / "sup" / "local_checkpoint" / "best.pt")
     assert bundle["num_classes"] == 3 and bundle["val_miou"] == pytest.approx(metrics["best_miou"])
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def _pseudo_table(path, items, label_of):
+    """A real pseudo-label table (Parquet + _meta.json) over `items`: labels from label_of(mask), rank 1."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from raysemi.pseudo import FORMAT, META_FILE, encode_map, table_schema
+
+    rows = []
+    for it in items:
+        mask = np.asarray(Image.open(it.mask))
+        label = label_of(mask).astype(np.uint8)
+        rows.append({"id": it.id, "height": label.shape[0], "width": label.shape[1], "label": encode_map(label),
+                     "rank": encode_map(np.ones_like(label)), "reliability": 1.0, "source": "test"})
+    path.mkdir(parents=True)
+    schema = table_schema()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path / "part-0.parquet")
+    (path / META_FILE).write_text(json.dumps({"format": FORMAT, "rows": len(rows), "image_size": None,
+                                              "columns": schema.names, "models": [{}, {}], "inputs": "test"}))
+    return str(path)
+
+
+@pytest.mark.parametrize("lam", [0.0, 3.0])
+def test_student_loop_learns_from_weighted_pseudo_labels(synthetic_root, tmp_path, lam):
+    """A student batch adds pseudo-labeled crops with L = L_s + lam * L_u. With pseudo labels that are
+    all class 0 (wrong on two thirds of the pixels), lam 3 must pull the model towards class 0, lam 0 not."""
+    cfg = small_cfg(synthetic_root, "data.labeled_fraction=1/2", "train.epochs=8", "train.eval_every=8",
+                    "train.log_every=1")
+    run = RunDir(tmp_path / "run")
+    plan = plan_data(cfg, run)
+    table = _pseudo_table(tmp_path / "table", plan.unlabeled, lambda m: np.zeros_like(m))
+    pseudo = {"sources": [{"uri": table, "ids": [it.id for it in plan.unlabeled]}],
+              "images": {it.id: it.image for it in plan.unlabeled}, "a": 1.0, "b": 1.0, "reweight": True,
+              # no colour jitter: the synthetic classes are flat colours (jitter alone costs lam 0 half its mIoU)
+              "strong": False, "lam": lam, "batch_size": 4}
+    metrics = run_plain(make_job(run, "s1", cfg, cfg.model, plan.labeled, plan, pseudo))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "s1" / "metrics.csv")))
+    losses_u = [float(r["loss_u"]) for r in rows if r["loss_u"]]
+    assert len(losses_u) == 24 and all(v >= 0 for v in losses_u)  # 12 labeled / batch 4 = 3 steps x 8 epochs
+    if lam == 0:
+        assert metrics["best_miou"] > 0.5  # as without pseudo labels: they have no say
+    else:
+        assert metrics["best_miou"] < 0.5 and np.mean(losses_u[-3:]) < np.mean(losses_u[:3])  # the wrong labels were learned

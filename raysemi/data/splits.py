@@ -4,9 +4,9 @@ from __future__ import annotations
 import math
 import os
 import random
-import tempfile
 from fractions import Fraction
 
+from raysemi import storage
 from raysemi.data.datasets import DataError, Item, item_id
 
 
@@ -25,24 +25,25 @@ def _resolve(token: str, root: str, path: str, lineno: int) -> str:
 def read_split_file(path: str, root: str) -> list[Item]:
     """One item per line: `image_path mask_path`, or `image_path` for unlabeled images."""
     root = os.path.abspath(os.path.expanduser(root))
-    if not os.path.isfile(path):
-        raise DataError(f"split file {path} does not exist")
+    try:
+        text = storage.read_text(path)  # a local path, or a file of a run directory on S3
+    except FileNotFoundError:
+        raise DataError(f"split file {path} does not exist") from None
     items: list[Item] = []
     seen: dict[str, int] = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) > 2:
-                raise DataError(f"{path}:{lineno}: expected 'image_path [mask_path]', got {line.strip()!r}")
-            image = _resolve(fields[0], root, path, lineno)
-            mask = _resolve(fields[1], root, path, lineno) if len(fields) == 2 else None
-            item = Item(item_id(image, root), image, mask)
-            if item.id in seen:
-                raise DataError(f"{path}:{lineno}: image {image} is already listed on line {seen[item.id]}")
-            seen[item.id] = lineno
-            items.append(item)
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) > 2:
+            raise DataError(f"{path}:{lineno}: expected 'image_path [mask_path]', got {line.strip()!r}")
+        image = _resolve(fields[0], root, path, lineno)
+        mask = _resolve(fields[1], root, path, lineno) if len(fields) == 2 else None
+        item = Item(item_id(image, root), image, mask)
+        if item.id in seen:
+            raise DataError(f"{path}:{lineno}: image {image} is already listed on line {seen[item.id]}")
+        seen[item.id] = lineno
+        items.append(item)
     return items
 
 
@@ -64,16 +65,7 @@ def write_split_file(path: str, items: list[Item], root: str, with_masks: bool =
         if with_masks and item.mask is not None:
             fields.append(_relative(item.mask, root))
         lines.append(" ".join(fields) + "\n")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".split-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    storage.write_text(path, "".join(lines))
 
 
 def make_split(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:

@@ -1,4 +1,4 @@
-"""Supervised segmentation losses: plain cross-entropy and OHEM cross-entropy.
+"""Segmentation losses: plain cross-entropy, OHEM cross-entropy and RWMS's weighted cross-entropy.
 
 logits are B x C x H x W, targets B x H x W integer class ids with ignore_index at unlabeled
 (void / padded) pixels. Both losses are means over the pixels they count and return an exact 0
@@ -22,6 +22,19 @@ def _mean_ce(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
     """Mean cross-entropy over non-ignored pixels; 0 (with grad) if every pixel is ignored."""
     return _mean_ce(logits, target, ignore_index)
+
+
+def weighted_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor, ignore_index: int = 255) -> Tensor:
+    """RWMS's unsupervised loss (Eq. 5): L_u = (1/N) sum_i w_i CE(y_i, S(i)) over non-ignored pixels.
+
+    weight is B x H x W (from the agreement ranks). N is the number of non-ignored pixels, not the
+    sum of the weights: the paper's normalisation, so unreliable pixels lower the loss instead of
+    being renormalised away. 0 (with grad) if every pixel is ignored.
+    """
+    per_pixel = F.cross_entropy(logits, target.long(), ignore_index=ignore_index, reduction="none")
+    count = (target != ignore_index).sum().clamp(min=1)
+    # ignored pixels give CE 0 already; a weight there is multiplied by 0
+    return (per_pixel * weight.to(per_pixel.dtype)).sum() / count
 
 
 class CrossEntropy(nn.Module):

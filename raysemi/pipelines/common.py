@@ -7,6 +7,7 @@ from pathlib import Path
 from raysemi.config import Config, ConfigError, ModelConfig
 from raysemi.data.datasets import DataError, DatasetInfo, Item, dataset_info, list_items
 from raysemi.data.splits import make_split, parse_fraction, read_split_file, write_split_file
+from raysemi import storage
 from raysemi.rundir import RunDir, fingerprint, now
 
 # The shared CamVid copy beside the repository (../shared/datasets/camvid from the repo root).
@@ -50,11 +51,12 @@ def draw_split(cfg: Config, root: str, fraction: str | None = None, seed: int | 
     return make_split(list_items(dc.dataset, root, "train"), fraction, dc.split_seed if seed is None else seed)
 
 
-def write_splits(folder: Path, root: str, labeled: list[Item], unlabeled: list[Item], val: list[Item] | None = None) -> None:
-    write_split_file(str(folder / "labeled.txt"), labeled, root)
-    write_split_file(str(folder / "unlabeled.txt"), unlabeled, root, with_masks=False)
+def write_splits(folder: str, root: str, labeled: list[Item], unlabeled: list[Item], val: list[Item] | None = None) -> None:
+    """labeled.txt, unlabeled.txt (and val.txt) in a folder: a local path or a run directory's URI."""
+    write_split_file(storage.join(folder, "labeled.txt"), labeled, root)
+    write_split_file(storage.join(folder, "unlabeled.txt"), unlabeled, root, with_masks=False)
     if val is not None:
-        write_split_file(str(folder / "val.txt"), val, root)
+        write_split_file(storage.join(folder, "val.txt"), val, root)
 
 
 def plan_data(cfg: Config, run: RunDir, write: bool = True) -> DataPlan:
@@ -95,29 +97,40 @@ def as_rows(items: list[Item]) -> list[list]:
     return [[it.id, it.image, it.mask] for it in items]
 
 
-def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan):
-    """The TrainJob of one supervised stage, checked for a usable batch size."""
+def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan,
+             pseudo: dict | None = None):
+    """The TrainJob of one training stage (a student's when `pseudo` is given), checked for usable batch sizes."""
     from raysemi.train.loop import TrainJob
 
     tc, dc = cfg.train, cfg.data
     if len(train_items) < tc.batch_size * tc.num_workers:
         raise ConfigError(f"{stage}: {len(train_items)} labeled images are fewer than one batch "
                           f"(train.batch_size {tc.batch_size} x train.num_workers {tc.num_workers})")
+    if pseudo is not None:
+        count = sum(len(s["ids"]) for s in pseudo["sources"])
+        if count < pseudo["batch_size"] * tc.num_workers:
+            raise ConfigError(f"{stage}: {count} pseudo-labeled images are fewer than one batch "
+                              f"(rwms.pseudo_batch_size {pseudo['batch_size']} x train.num_workers {tc.num_workers})")
     return TrainJob(stage=stage, model=asdict(model), train=asdict(tc), dataset=dc.dataset,
                     num_classes=plan.info.num_classes, train_items=as_rows(train_items), val_items=as_rows(plan.val),
-                    out_dir=str(run.path(stage)), crop_size=dc.crop_size, scale=dc.scale, image_size=dc.image_size,
-                    loader_workers=dc.loader_workers)
+                    out_dir=run.local_dir(stage), log_to=None if run.is_local else run.path(stage),
+                    crop_size=dc.crop_size, scale=dc.scale, image_size=dc.image_size, loader_workers=dc.loader_workers,
+                    pseudo=pseudo)
 
 
-def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan) -> dict:
-    """Train one supervised model as a Ray Train run; skip it if it finished with the same inputs."""
+def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan,
+                pseudo: dict | None = None) -> dict:
+    """Train one model as a Ray Train run; skip it if it finished with the same inputs. With `pseudo`
+    (see TrainJob.pseudo) it is a student: its inputs include the contents of the tables it reads."""
+    from raysemi.pseudo import table_meta
     from raysemi.train.ray_fit import fit
 
-    job = make_job(run, stage, cfg, model, train_items, plan)
+    job = make_job(run, stage, cfg, model, train_items, plan, pseudo)
     # Inputs that change the result; worker counts and logging do not.
     train_inputs = {k: v for k, v in job.train.items() if k not in ("log_every", "max_failures", "num_workers", "cpus_per_worker")}
+    tables = [table_meta(s["uri"])["inputs"] for s in pseudo["sources"]] if pseudo else None
     inputs = fingerprint({"model": job.model, "train": train_inputs, "data": [job.dataset, job.train_items, job.val_items,
-                          job.crop_size, job.scale, job.image_size]})
+                          job.crop_size, job.scale, job.image_size], **({"pseudo": [pseudo, tables]} if pseudo else {})})
     if run.is_done(stage, inputs):
         rec = run.stage(stage)
         print(f"[{stage}] already done with these inputs: val mIoU {100 * rec['val_miou']:.2f} ({rec['checkpoint']})")
@@ -130,7 +143,7 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
         run.update_stage(stage, status="failed", ended=now(), error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
     return run.update_stage(
-        stage, status="done", ended=now(), checkpoint=str(best), val_miou=metrics.get("best_miou"),
+        stage, status="done", ended=now(), checkpoint=best, val_miou=metrics.get("best_miou"),
         best_epoch=metrics.get("best_epoch"), iou_per_class=metrics.get("iou_per_class"),
         loop_started=metrics.get("loop_started"), loop_ended=metrics.get("reported"), error=None)
 

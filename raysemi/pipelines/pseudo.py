@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from raysemi.config import Config, ConfigError
 from raysemi.figures import figure_paths
 from raysemi.data.splits import read_split_file
 from raysemi.pipelines.common import plan_data, write_splits
 from raysemi.pseudo import run_pass, split_by_reliability, table_meta, table_uri
-from raysemi.rundir import RunDir, atomic_write_text
+from raysemi import storage
+from raysemi.rundir import RunDir
 
 PASS = "teachers"  # the table RUN/pseudo/teachers/, the manifest stage pseudo_teachers
 STAGE = f"pseudo_{PASS}"
@@ -34,7 +34,7 @@ def _plan_same_split(cfg: Config, run: RunDir):
     training images must not come back as unlabeled ones. Checked before anything is written."""
     plan = plan_data(cfg, run, write=False)
     trained_on = run.path("splits", "labeled.txt")
-    if trained_on.is_file() and [it.id for it in read_split_file(str(trained_on), plan.root)] != [it.id for it in plan.labeled]:
+    if storage.is_file(trained_on) and [it.id for it in read_split_file(trained_on, plan.root)] != [it.id for it in plan.labeled]:
         raise ConfigError(f"the labeled split of this config ({len(plan.labeled)} images) differs from "
                           f"{trained_on}, which the teachers were trained on; "
                           "give pseudo-label the data section the teachers had")
@@ -58,19 +58,18 @@ def run_pseudo(cfg: Config, run: RunDir, force: bool = False) -> dict:
             raise
         for path in (run.path("splits", "reliable.txt"), run.path("splits", "unreliable.txt"),
                      run.path("pseudo", f"{PASS}-summary.json"),
-                     *map(Path, figure_paths(run.path("figures")).values())):
-            path.unlink(missing_ok=True)
+                     *figure_paths(run.path("figures")).values()):
+            storage.remove(path)
         raise
     size = table_meta(rec["table"])["image_size"]
     if cfg.data.image_size and size != list(cfg.data.image_size):
         print(f"[{STAGE}] note: the teachers load images at {size}, data.image_size says {cfg.data.image_size}; "
               "the maps are at the teachers' size")
 
-    split = split_by_reliability(rec["table"], plan.unlabeled, plan.root, cfg.pseudo.rho, str(run.path("splits")))
+    split = split_by_reliability(rec["table"], plan.unlabeled, plan.root, cfg.pseudo.rho, run.path("splits"))
     summary = {"table": rec["table"], "rows": rec["rows"], "rejected": rec["rejected"], "rejects_file": rec["rejects_file"],
                "source": rec["source"], "a": cfg.pseudo.a, "b": cfg.pseudo.b, "split": split}
-    summary_file = str(run.path("pseudo", f"{PASS}-summary.json"))
-    atomic_write_text(summary_file, json.dumps(summary, indent=2))
+    summary_file = run.write_text(f"pseudo/{PASS}-summary.json", json.dumps(summary, indent=2))
     figures = write_figures(run, rec["table"], plan.unlabeled, cfg.pseudo.rho, cfg.pseudo.a, cfg.pseudo.b,
                             plan.info.palette)
     rec = run.update_stage(STAGE, split=split, summary_file=summary_file, figures=figures)
@@ -105,7 +104,7 @@ def write_figures(run: RunDir, uri: str, items, rho: float, a: float, b: float, 
     ids, r = table["id"].to_pylist(), table["reliability"].to_pylist()
     if not ids:  # no figures of an empty table; none of an earlier one either
         for path in figure_paths(run.path("figures")).values():
-            Path(path).unlink(missing_ok=True)
+            storage.remove(path)
         return {}
     reliable, unreliable = reliability_split(ids, r, rho)  # the split just written, in order of r
     in_u1 = set(reliable)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from raysemi.models import build_model
-from raysemi.rundir import atomic_write_bytes
+from raysemi import storage
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best.pt"
@@ -32,7 +32,7 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_torch(obj: Any, path: str | Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    storage.write_bytes(path, buf.getvalue())
 
 
 def make_bundle(state_dict: dict, model_cfg: dict, meta: dict) -> dict:
@@ -42,9 +42,10 @@ def make_bundle(state_dict: dict, model_cfg: dict, meta: dict) -> dict:
 
 def load_bundle(path: str | Path, map_location: str = "cpu") -> dict:
     try:
-        bundle = torch.load(path, map_location=map_location, weights_only=False)
+        data = storage.read_bytes(path)  # a local file or one in a run directory on S3/GCS
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    bundle = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     if not isinstance(bundle, dict) or bundle.get("format") != "raysemi.model/1":
         raise ValueError(f"{path} is not a raysemi model file (expected a best.pt written by raysemi)")
     return bundle

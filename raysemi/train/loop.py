@@ -1,9 +1,14 @@
 """The supervised training loop, run by every Ray Train worker (or in a plain process).
 
-One loop for every supervised stage (teachers now; the student and UCC steps plug in later):
+One loop for every supervised stage and for the RWMS students (UCC's step plugs in later):
 SGD with momentum, head LR x10, poly decay, cross-entropy with ignore (OHEM optional), DDP and
 SyncBN through Ray Train, AMP on GPU, evaluation every N epochs, the best model kept by val mIoU,
 checkpoints through `ray.train.report` and resume from the last one.
+
+A student job (`TrainJob.pseudo`) adds pseudo-labeled images streamed from Parquet tables to every
+batch: one forward pass over the labeled and pseudo-labeled crops together (as ST++ does), loss
+`L_s + lam * L_u` with L_u the pixel-weighted cross-entropy of RWMS Eq. 5. Iterations and epochs
+count labeled batches, so a student sees its labeled images as often as SupOnly does.
 """
 from __future__ import annotations
 
@@ -21,11 +26,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from raysemi import storage
 from raysemi.config import ModelConfig, TrainConfig, from_dict
 from raysemi.data.datasets import Item, SegmentationDataset, dataset_info
 from raysemi.data.transforms import WeakAugment
 from raysemi.evaluate import evaluate
-from raysemi.methods.losses import build_criterion
+from raysemi.methods.losses import build_criterion, weighted_cross_entropy
 from raysemi.methods.metrics import iou_per_class, mean_iou
 from raysemi.models import build_model
 from raysemi.train.checkpoint import BEST_FILE, STATE_FILE, cpu_state_dict, make_bundle, save_torch, unwrap
@@ -42,12 +48,16 @@ class TrainJob:
     num_classes: int
     train_items: list  # [id, image, mask] triples
     val_items: list
-    out_dir: str  # absolute: Train workers change directory
+    out_dir: str  # local and absolute (Train workers change directory): metrics.csv, tb/
     crop_size: list[int] = field(default_factory=lambda: [321, 321])
     scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
     image_size: list[int] | None = None
     loader_workers: int = 0
     backend: str = "ray"  # "ray" under TorchTrainer, "plain" for a single local process
+    log_to: str | None = None  # a run directory's URI: rank 0 copies out_dir's logs there at each evaluation
+    # students: {"sources": [{"uri", "ids"}], "images": {id: path}, "a", "b", "reweight", "strong", "lam",
+    # "batch_size"} (see raysemi.data.pseudo_stream.PseudoStream)
+    pseudo: dict | None = None
 
 
 def poly_lr(base: float, it: int, total: int, power: float) -> float:
@@ -121,15 +131,21 @@ def _load_pair(d: Path) -> tuple[dict, dict]:
 class _Log:
     """Progress lines on stdout, rows in metrics.csv and TensorBoard scalars (rank 0 only)."""
 
-    FIELDS = ["time", "epoch", "iteration", "loss", "lr", "val_miou"]
+    FIELDS = ["time", "epoch", "iteration", "loss", "loss_u", "lr", "val_miou"]
 
     def __init__(self, job: TrainJob, enabled: bool, resume_iteration: int):
         self.stage, self.enabled, self.ray = job.stage, enabled, job.backend == "ray"
+        self.out_dir, self.log_to = job.out_dir, job.log_to
         self.csv_path = Path(job.out_dir) / "metrics.csv"
         self.tb = None
         if not enabled:
             return
         Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+        if self.log_to and not self.csv_path.exists():  # resumed on another node: the rows so far
+            try:
+                self.csv_path.write_bytes(storage.read_bytes(storage.join(self.log_to, "metrics.csv")))
+            except FileNotFoundError:
+                pass
         self._truncate(resume_iteration)  # rows past the checkpoint belong to a run that died
         from torch.utils.tensorboard import SummaryWriter
 
@@ -151,10 +167,15 @@ class _Log:
         values["time"] = f"{time.time():.3f}"
         with open(self.csv_path, "a", newline="") as f:
             csv.DictWriter(f, self.FIELDS).writerow(values)
-        for key in ("loss", "lr", "val_miou"):
+        for key in ("loss", "loss_u", "lr", "val_miou"):
             if values.get(key) not in (None, ""):
                 self.tb.add_scalar(f"{self.stage}/{key}", float(values[key]), int(values["iteration"]))
         self.tb.flush()
+
+    def publish(self) -> None:
+        """Copy the logs to the run directory's URI (when it is not this local folder)."""
+        if self.enabled and self.log_to:
+            storage.upload_dir(self.out_dir, self.log_to)
 
     def say(self, text: str) -> None:
         if not self.enabled:
@@ -214,6 +235,8 @@ def _train(job: TrainJob) -> dict:
 
         loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
     val_ds = SegmentationDataset(_items(job.val_items[session.rank :: session.world]), info, _size(job.image_size))
+    pseudo = _pseudo_batches(job, tc, session) if job.pseudo else None
+    lam = float(job.pseudo["lam"]) if job.pseudo else 0.0
 
     iters_per_epoch = len(loader)
     epochs = math.ceil(tc.iterations / iters_per_epoch) if tc.iterations else tc.epochs
@@ -231,7 +254,8 @@ def _train(job: TrainJob) -> dict:
     if restored:
         log.say(f"resumed from the checkpoint of epoch {start_epoch} (best val mIoU {100 * best_miou:.2f})")
     log.say(f"{len(train_ds)} training images, {iters_per_epoch} iterations/epoch, {epochs} epochs, "
-            f"{session.world} worker(s) on {device.type}")
+            f"{session.world} worker(s) on {device.type}"
+            + (f"; {job.pseudo['batch_size']} pseudo-labeled images per batch, lam {lam:g}" if pseudo else ""))
 
     loop_started = time.time()
     t0, done_iters, step_times = time.time(), 0, []
@@ -245,8 +269,16 @@ def _train(job: TrainJob) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], it, total, tc.poly_power)
             image, mask = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+            loss_u = None
             with torch.autocast(device.type, enabled=use_amp):
-                loss = criterion(model(image), mask)
+                if pseudo is None:
+                    loss = criterion(model(image), mask)
+                else:
+                    u = next(pseudo)
+                    logits = model(torch.cat([image, u["image"].to(device, non_blocking=True)]))
+                    n = image.shape[0]
+                    loss_u = weighted_cross_entropy(logits[n:], u["mask"].to(device), u["weight"].to(device))
+                    loss = criterion(logits[:n], mask) + lam * loss_u
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -257,9 +289,11 @@ def _train(job: TrainJob) -> dict:
             if (it + 1) % tc.log_every == 0 or it + 1 == total:
                 per_it = (time.time() - t0) / done_iters
                 lr = optimizer.param_groups[0]["lr"]
-                log.say(f"epoch {epoch + 1}/{epochs} it {it + 1}/{total} loss {loss.item():.4f} "
+                unsup = "" if loss_u is None else f" (L_u {loss_u.item():.4f})"
+                log.say(f"epoch {epoch + 1}/{epochs} it {it + 1}/{total} loss {loss.item():.4f}{unsup} "
                         f"lr {lr:.2e} {per_it:.2f}s/it ETA {_eta(per_it * (total - it - 1))}")
-                log.row(epoch=epoch + 1, iteration=it + 1, loss=f"{loss.item():.5f}", lr=f"{lr:.6g}", val_miou="")
+                log.row(epoch=epoch + 1, iteration=it + 1, loss=f"{loss.item():.5f}", lr=f"{lr:.6g}", val_miou="",
+                        loss_u="" if loss_u is None else f"{loss_u.item():.5f}")
 
         if (epoch + 1) % tc.eval_every and epoch + 1 != epochs:
             continue
@@ -273,7 +307,7 @@ def _train(job: TrainJob) -> dict:
         if miou > best_miou:
             best_miou, best_epoch, best_state = miou, epoch + 1, cpu_state_dict(model)
         log.say(f"epoch {epoch + 1}/{epochs} val mIoU {100 * miou:.2f} (best {100 * best_miou:.2f} at epoch {best_epoch})")
-        log.row(epoch=epoch + 1, iteration=(epoch + 1) * iters_per_epoch, loss="", lr="", val_miou=f"{miou:.5f}")
+        log.row(epoch=epoch + 1, iteration=(epoch + 1) * iters_per_epoch, loss="", loss_u="", lr="", val_miou=f"{miou:.5f}")
         metrics = {"epoch": epoch + 1, "val_miou": miou, "best_miou": best_miou, "best_epoch": best_epoch,
                    "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)],
                    "loop_started": loop_started, "reported": time.time(),
@@ -291,8 +325,33 @@ def _train(job: TrainJob) -> dict:
                         "epoch": best_epoch, "val_miou": best_miou, "stage": job.stage}
                 save_torch(make_bundle(best_state, asdict(mc), meta), Path(tmp) / BEST_FILE)
             session.report(metrics, ckpt_dir)
+        log.publish()
     log.say(f"done: best val mIoU {100 * best_miou:.2f} at epoch {best_epoch}")
     return session.last_metrics
+
+
+def _pseudo_batches(job: TrainJob, tc: TrainConfig, session: _Session):
+    """Endless batches of pseudo-labeled crops for a student; each pass over the tables has a new order.
+    The loader is not persistent, so that `set_epoch` reaches its workers."""
+    from raysemi.data.datasets import DataError
+    from raysemi.data.pseudo_stream import PseudoStream
+
+    p = job.pseudo
+    stream = PseudoStream(p["sources"], p["images"], tuple(job.crop_size), tuple(job.scale), a=p["a"], b=p["b"],
+                          reweight=p["reweight"], strong=p["strong"], seed=tc.seed, rank=session.rank,
+                          world=session.world)
+    loader = DataLoader(stream, batch_size=p["batch_size"], drop_last=True, num_workers=job.loader_workers)
+    epoch = 0
+    while True:
+        stream.set_epoch(epoch)
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise DataError(f"{job.stage}: the pseudo-labeled images give no full batch of {p['batch_size']} "
+                            f"per worker ({len(stream)} images, {session.world} worker(s))")
+        epoch += 1
 
 
 def _size(size: list[int] | None) -> tuple[int, int] | None:

@@ -1,10 +1,10 @@
 """Launch a TrainJob as a Ray Train `TorchTrainer` run and bring back its best model."""
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from raysemi import storage
 from raysemi.config import RayConfig, TrainConfig
 from raysemi.train.checkpoint import BEST_FILE
 from raysemi.train.loop import TrainJob, train_loop_per_worker
@@ -35,8 +35,11 @@ def scaling_config(tc: TrainConfig):
     return ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources)
 
 
-def fit(job: TrainJob, tc: TrainConfig, storage_path: Path, run_name: str, best_to: Path) -> dict:
+def fit(job: TrainJob, tc: TrainConfig, storage_path: str, run_name: str, best_to: str) -> dict:
     """Train to the end (resuming `run_name` if it has checkpoints) and copy the best model to `best_to`.
+
+    `storage_path` and `best_to` are local paths or URIs (s3://...): on a cluster, Ray Train keeps
+    its checkpoints on the shared storage, so a restarted worker on any node finds them.
 
     Returns the metrics of the last report. The run name carries the fingerprint of the job's
     inputs, because Ray Train silently resumes a run whose name it has seen before.
@@ -50,7 +53,7 @@ def fit(job: TrainJob, tc: TrainConfig, storage_path: Path, run_name: str, best_
         scaling_config=scaling_config(tc),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(storage_path),
+            **_storage(storage_path),
             failure_config=FailureConfig(max_failures=tc.max_failures),
             # the latest checkpoint also carries the best model, so one is enough
             checkpoint_config=CheckpointConfig(num_to_keep=1),
@@ -60,8 +63,14 @@ def fit(job: TrainJob, tc: TrainConfig, storage_path: Path, run_name: str, best_
     if result.checkpoint is None:
         raise RuntimeError(f"{job.stage}: the training run {run_name} finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        best_to.parent.mkdir(parents=True, exist_ok=True)
-        tmp = best_to.with_name(f".{best_to.name}.tmp")
-        shutil.copyfile(Path(d) / BEST_FILE, tmp)
-        tmp.replace(best_to)
+        storage.write_bytes(best_to, (Path(d) / BEST_FILE).read_bytes())
     return dict(result.metrics or {})
+
+
+def _storage(location: str) -> dict:
+    """RunConfig's storage arguments: a local path, or a URI as a pyarrow filesystem plus a path
+    without scheme (how Ray Train takes an endpoint such as a MinIO or moto server)."""
+    if not storage.is_uri(location):
+        return {"storage_path": str(location)}
+    fs, path = storage.filesystem(location)
+    return {"storage_path": path, "storage_filesystem": fs}

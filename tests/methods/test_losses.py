@@ -9,6 +9,7 @@ from raysemi.methods.losses import (
     OhemCrossEntropy,
     build_criterion,
     cross_entropy,
+    weighted_cross_entropy,
 )
 
 
@@ -89,3 +90,55 @@ def test_build_criterion():
     assert (ohem.thresh, ohem.min_kept, ohem.ignore_index) == (0.6, 10, 255)
     with pytest.raises(ValueError, match=r"'focal'.*\['ce', 'ohem'\]"):
         build_criterion("focal")
+
+
+# RWMS Eq. 5. Three pixels, logits (class 0, class 1): a = (0, 1) target 1, b = (2, 0) target 0,
+# c = (0, 0) ignored; weights 0.5, 1 and 0.7 (the last must not matter).
+WCE_LOGITS = [[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]]
+WCE_TARGET = torch.tensor([[[1, 0, 255]]])
+WCE_WEIGHT = torch.tensor([[[0.5, 1.0, 0.7]]])
+
+
+def wce_logits() -> torch.Tensor:
+    return torch.tensor(WCE_LOGITS, dtype=torch.float64).view(1, 2, 1, 3).requires_grad_(True)
+
+
+def test_weighted_cross_entropy_by_hand():
+    # CE(a) = -log(e^1 / (e^0 + e^1)) = log(1 + e^-1); CE(b) = log(1 + e^-2); N = 2 valid pixels
+    ce_a, ce_b = math.log(1 + math.exp(-1)), math.log(1 + math.exp(-2))
+    loss = weighted_cross_entropy(wce_logits(), WCE_TARGET, WCE_WEIGHT)
+    assert loss.item() == pytest.approx((0.5 * ce_a + 1.0 * ce_b) / 2)
+
+
+def test_weighted_cross_entropy_divides_by_pixels_not_weights():
+    # normalising by the weight sum (0.5 + 1) would give (0.5 ce_a + ce_b) / 1.5
+    ce_a, ce_b = math.log(1 + math.exp(-1)), math.log(1 + math.exp(-2))
+    loss = weighted_cross_entropy(wce_logits(), WCE_TARGET, WCE_WEIGHT)
+    assert loss.item() != pytest.approx((0.5 * ce_a + ce_b) / 1.5)
+    # all weights 0.5: exactly half the plain mean, not equal to it
+    half = weighted_cross_entropy(wce_logits(), WCE_TARGET, torch.full((1, 1, 3), 0.5))
+    assert half.item() == pytest.approx(0.5 * (ce_a + ce_b) / 2)
+    # a weight-0 pixel still counts in N but gets no gradient
+    logits = wce_logits()
+    zero_a = weighted_cross_entropy(logits, WCE_TARGET, torch.tensor([[[0.0, 1.0, 1.0]]]))
+    assert zero_a.item() == pytest.approx(ce_b / 2)
+    zero_a.backward()
+    assert logits.grad[0, :, 0, 0].abs().sum().item() == 0 and logits.grad[0, :, 0, 1].abs().sum().item() > 0
+
+
+def test_weighted_cross_entropy_with_unit_weights_is_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, generator=g)
+    target = torch.randint(0, 3, (2, 4, 5), generator=g)
+    target[0, 0, :3] = 255
+    target[1, 2, 4] = 255
+    weighted = weighted_cross_entropy(logits, target, torch.ones(2, 4, 5))
+    assert weighted.item() == pytest.approx(cross_entropy(logits, target).item(), rel=1e-6)
+
+
+def test_weighted_cross_entropy_all_ignored_is_zero_with_grad():
+    logits = wce_logits()
+    loss = weighted_cross_entropy(logits, torch.full((1, 1, 3), 255), WCE_WEIGHT)
+    assert loss.item() == 0.0 and loss.grad_fn is not None
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))

@@ -1,0 +1,102 @@
+"""RWMS end to end (Algorithm 1): the two teachers at once, the pair's pseudo-label pass and the
+reliability split, student S1 on D_l + U1, S1's pass over U2 (keeping the pair's ranks), student S2
+on D_l + U1 + U2; and, on the same schedule, the comparison stages the final table needs.
+
+Every stage is recorded in the run's manifest with the fingerprint of its inputs: a rerun skips
+what finished, resumes a training stage from its last checkpoint, and a change to the `rwms`
+section retrains the students only (teachers and the pair's pass are reused).
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from raysemi.config import Config, ModelConfig
+from raysemi.data.datasets import Item
+from raysemi.data.splits import read_split_file
+from raysemi.pipelines.common import DataPlan, check_items, plan_data, train_stage
+from raysemi.pipelines.pseudo import run_pseudo
+from raysemi.pipelines.teachers import run_teachers
+from raysemi.pseudo import run_pass
+from raysemi.rundir import RunDir
+from raysemi.train.ray_fit import init_ray
+
+
+def student_config(cfg: Config) -> Config:
+    """The config students train with: the shared one, with the students' schedule and CPUs."""
+    rw = cfg.rwms
+    train = dataclasses.replace(cfg.train, iterations=rw.iterations or cfg.train.iterations,
+                                cpus_per_worker=rw.cpus_per_worker or cfg.train.cpus_per_worker)
+    return dataclasses.replace(cfg, train=train)
+
+
+def pseudo_spec(cfg: Config, plan: DataPlan, sources: list[tuple[str, list[Item]]], reweight: bool, strong: bool) -> dict:
+    """TrainJob.pseudo for a student: [(table, items)] and how to weigh and augment them."""
+    rw = cfg.rwms
+    return {"sources": [{"uri": uri, "ids": [it.id for it in items]} for uri, items in sources],
+            "images": {it.id: it.image for _, items in sources for it in items},
+            "a": cfg.pseudo.a, "b": cfg.pseudo.b, "reweight": reweight, "strong": strong, "lam": rw.lam,
+            "batch_size": rw.pseudo_batch_size or cfg.train.batch_size}
+
+
+def halves(cfg: Config, run: RunDir, plan: DataPlan, pass_rec: dict) -> tuple[list[Item], list[Item]]:
+    """U1 and U2: the pass's split by reliability, or (rwms.split random) a seeded draw of the same sizes."""
+    reliable = read_split_file(pass_rec["split"]["reliable_file"], plan.root)
+    unreliable = read_split_file(pass_rec["split"]["unreliable_file"], plan.root)
+    if cfg.rwms.split == "reliability":
+        return reliable, unreliable
+    ordered = sorted(plan.unlabeled, key=lambda it: it.id)
+    picked = set(random.Random(cfg.data.split_seed).sample(range(len(ordered)), len(reliable)))
+    return ([it for i, it in enumerate(ordered) if i in picked], [it for i, it in enumerate(ordered) if i not in picked])
+
+
+def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
+    """Every stage in order; returns {stage: manifest record} of the stages in the final table."""
+    rw = cfg.rwms
+    plan = plan_data(cfg, run)
+    check_items(plan.labeled + plan.val)
+    init_ray(cfg.ray)
+    teachers = run_teachers(cfg, run)
+    pass_rec = run_pseudo(cfg, run)
+    table = pass_rec["table"]
+    student: ModelConfig = rw.student or cfg.teachers.t1
+    scfg = student_config(cfg)
+    u1, u2 = halves(cfg, run, plan, pass_rec)
+    everything = u1 + u2  # the pass's rows: the unlabeled images less any it rejected (--skip-bad)
+    results: dict[str, dict] = {}
+
+    if "suponly" in rw.compare:  # the student model on D_l alone, on the students' schedule
+        same_schedule = dataclasses.replace(scfg.train, cpus_per_worker=cfg.train.cpus_per_worker) == cfg.train
+        if student == cfg.teachers.t1 and same_schedule:  # that is T1 itself: same model, data, seed
+            print("[suponly] the student model and schedule are T1's: SupOnly is T1")
+            results["suponly"] = teachers["t1"]
+        else:
+            results["suponly"] = train_stage(run, "suponly", scfg, student, plan.labeled, plan)
+    if "baseline" in rw.compare:  # single-stage self-training: T1's labels on all of U, no weights, no strong aug
+        results["baseline"] = train_stage(run, "baseline", scfg, student, plan.labeled, plan,
+                                          pseudo_spec(scfg, plan, [(table, everything)], False, False))
+    if rw.phases == 1:  # one-phase retraining: one student on all of U with the pair's weights
+        results["rwms"] = train_stage(run, "s1", scfg, student, plan.labeled, plan,
+                                      pseudo_spec(scfg, plan, [(table, everything)], rw.reweight, rw.strong))
+    else:
+        s1 = train_stage(run, "s1", scfg, student, plan.labeled, plan,
+                         pseudo_spec(scfg, plan, [(table, u1)], rw.reweight, rw.strong))
+        s1_pass = run_pass(run, "s1", [("s1", s1["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
+                           expect={"dataset": cfg.data.dataset, "num_classes": plan.info.num_classes}, ranks_from=table)
+        results["s1"] = s1
+        results["rwms"] = train_stage(run, "s2", scfg, student, plan.labeled, plan,
+                                      pseudo_spec(scfg, plan, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong))
+    _print_table(teachers, results)
+    from raysemi.report import write_report
+
+    print(f"report: {write_report(run.root)}")
+    return results
+
+
+def _print_table(teachers: dict, results: dict) -> None:
+    names = {"suponly": "SupOnly", "baseline": "Baseline", "s1": "RWMS S1", "rwms": "RWMS"}
+    print(f"\n{'model':<10} {'val mIoU':>8}")
+    for name, rec in teachers.items():
+        print(f"{name.upper():<10} {100 * rec['val_miou']:>8.2f}")
+    for key, rec in results.items():
+        print(f"{names[key]:<10} {100 * rec['val_miou']:>8.2f}")

@@ -1,0 +1,240 @@
+"""Every config under experiments/ loads and validates, and the paper's settings are what they claim.
+
+No Ray, no data, no training: only `load_config` and the dataclasses it returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+
+from raysemi.config import Config, ConfigError, load_config
+from raysemi.data.datasets import dataset_info
+from raysemi.data.splits import parse_fraction
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+ALL = sorted(EXPERIMENTS.rglob("*.yaml"))
+
+VOC_TRAIN_AUG = 10582  # VOC 2012 train + SBD
+CITYSCAPES_TRAIN = 2975
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(EXPERIMENTS).as_posix()
+
+
+def load(name: str) -> Config:
+    return load_config(EXPERIMENTS / name)
+
+
+def flat(obj, prefix: str = "") -> dict:
+    """A config as {dotted key: leaf value}."""
+    tree = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def differing(a: Config, b: Config) -> set[str]:
+    fa, fb = flat(a), flat(b)
+    return {k for k in fa.keys() | fb.keys() if fa.get(k, object()) != fb.get(k, object())}
+
+
+def test_the_families_are_there():
+    names = {rel(p) for p in ALL}
+    for family in ("voc", "cityscapes"):
+        for backbone in ("r50", "r101"):
+            for part in (("1-16", "1-8", "1-4") if family == "voc" else ("1-30", "1-8", "1-4")):
+                assert f"{family}/rwms_{backbone}_{part}.yaml" in names
+    assert "camvid/rwms.yaml" in names
+    assert {f"camvid/ablations/{n}.yaml" for n in CAMVID_ABLATIONS} <= names
+
+
+@pytest.mark.parametrize("path", ALL, ids=rel)
+def test_every_config_loads(path):
+    cfg = load_config(path)  # raises ConfigError on an unknown key, a wrong type or a bad value
+    assert isinstance(cfg, Config)
+
+
+def _paper_schedule(cfg: Config) -> None:
+    t = cfg.train
+    assert t.epochs == 80 and t.iterations is None
+    assert (t.momentum, t.weight_decay, t.poly_power, t.head_lr_mult) == (0.9, 1e-4, 0.9, 10.0)
+    assert t.use_gpu and t.amp and t.batch_size * t.num_workers == 16
+    assert cfg.pseudo.gpus_per_actor == 1 and cfg.pseudo.rho == 0.5 and (cfg.pseudo.a, cfg.pseudo.b) == (1.0, 1.0)
+    for m in (cfg.teachers.t1, cfg.teachers.t2):
+        assert m.pretrained and m.head_width == 256
+
+
+def _rwms_defaults(cfg: Config) -> None:
+    rw = cfg.rwms
+    assert (rw.phases, rw.split, rw.reweight, rw.strong, rw.lam) == (2, "reliability", True, True, 1.0)
+    assert rw.student is None and rw.compare == ["suponly", "baseline"]
+
+
+def _students_see_u_80_times(cfg: Config, n_train: int) -> None:
+    """rwms.iterations = ceil(80 * |U| / pseudo-labeled crops per step), |U| from the seeded draw."""
+    labeled = max(1, round(n_train * parse_fraction(cfg.data.labeled_fraction)))
+    per_step = cfg.rwms.pseudo_batch_size * cfg.train.num_workers
+    assert cfg.rwms.iterations == math.ceil(80 * (n_train - labeled) / per_step)
+
+
+VOC_LEAVES = [f"voc/rwms_{b}_{p}.yaml" for b in ("r50", "r101") for p in ("1-16", "1-8", "1-4")]
+CITYSCAPES_LEAVES = [f"cityscapes/rwms_{b}_{p}.yaml" for b in ("r50", "r101") for p in ("1-30", "1-8", "1-4")]
+
+
+@pytest.mark.parametrize("path", [p for p in ALL if rel(p).startswith("voc/")], ids=rel)
+def test_voc_family_uses_the_papers_settings(path):
+    cfg = load_config(path)
+    assert cfg.data.dataset == "voc" and dataset_info(cfg.data.dataset, cfg.data.num_classes).num_classes == 21
+    assert cfg.data.crop_size == [321, 321]
+    assert cfg.train.lr == 0.001 and cfg.train.loss == "ce" and cfg.train.eval_mode == "whole"
+    _paper_schedule(cfg)
+    assert (cfg.teachers.t1.arch, cfg.teachers.t1.output_stride) == ("deeplabv3plus", 16)
+
+
+@pytest.mark.parametrize("name", VOC_LEAVES)
+def test_voc_leaves(name):
+    cfg = load(name)
+    backbone = "resnet101" if "_r101_" in name else "resnet50"
+    assert cfg.teachers.t1.backbone == backbone
+    assert (cfg.teachers.t2.arch, cfg.teachers.t2.backbone) == ("pspnet", "resnet50")
+    assert cfg.data.labeled_fraction == "1/" + name.rsplit("_1-", 1)[1].removesuffix(".yaml")
+    _rwms_defaults(cfg)
+    _students_see_u_80_times(cfg, VOC_TRAIN_AUG)
+
+
+@pytest.mark.parametrize("path", [p for p in ALL if rel(p).startswith("cityscapes/")], ids=rel)
+def test_cityscapes_family(path):
+    cfg = load_config(path)
+    assert cfg.data.dataset == "cityscapes" and dataset_info(cfg.data.dataset, cfg.data.num_classes).num_classes == 19
+    assert cfg.data.crop_size == [721, 721]
+    assert cfg.train.lr == 0.004 and cfg.train.loss == "ohem"
+    _paper_schedule(cfg)
+    assert (cfg.teachers.t2.arch, cfg.teachers.t2.backbone) == ("pspnet", "resnet50")
+
+
+@pytest.mark.parametrize("name", CITYSCAPES_LEAVES)
+def test_cityscapes_leaves(name):
+    cfg = load(name)
+    assert cfg.teachers.t1.backbone == ("resnet101" if "_r101_" in name else "resnet50")
+    assert cfg.data.labeled_fraction == "1/" + name.rsplit("_1-", 1)[1].removesuffix(".yaml")
+    _rwms_defaults(cfg)
+    _students_see_u_80_times(cfg, CITYSCAPES_TRAIN)
+
+
+@pytest.mark.parametrize("family, part", [("voc", p) for p in ("1-16", "1-8", "1-4")]
+                         + [("cityscapes", p) for p in ("1-30", "1-8", "1-4")])
+def test_r101_differs_from_r50_only_in_teacher_1s_backbone(family, part):
+    assert differing(load(f"{family}/rwms_r101_{part}.yaml"), load(f"{family}/rwms_r50_{part}.yaml")) == {"teachers.t1.backbone"}
+
+
+def test_camvid_main_job():
+    cfg = load("camvid/rwms.yaml")
+    assert cfg.data.dataset == "camvid" and dataset_info("camvid").num_classes == 11
+    assert cfg.data.labeled_fraction == "1/8"
+    assert cfg.data.image_size == [128, 160] and cfg.data.crop_size == [128, 160]
+    for m in (cfg.teachers.t1, cfg.teachers.t2):
+        assert (m.backbone, m.pretrained, m.head_width) == ("efficientnet_lite0", True, 128)
+    assert (cfg.teachers.t1.arch, cfg.teachers.t2.arch) == ("deeplabv3plus", "pspnet")
+    assert not cfg.train.use_gpu and cfg.train.num_workers == 1
+    assert (cfg.train.iterations, cfg.train.batch_size, cfg.train.lr) == (300, 8, 0.01)
+    assert cfg.train.eval_every >= 5  # a few evaluations per stage, not one per (5-step) epoch
+    assert (cfg.pseudo.actors, cfg.pseudo.cpus_per_actor, cfg.pseudo.gpus_per_actor, cfg.pseudo.batch_size) == (2, 1.0, 0.0, 8)
+    rw = cfg.rwms
+    assert (rw.phases, rw.split, rw.reweight, rw.strong, rw.lam) == (2, "reliability", True, True, 1.0)
+    assert (rw.pseudo_batch_size, rw.iterations, rw.compare) == (8, 300, ["suponly", "baseline"])
+
+
+CAMVID_ABLATIONS = {
+    "one_phase": {"rwms.phases"},
+    "random_multiphase": {"rwms.split"},
+    "no_reweight": {"rwms.reweight"},
+    "baseline": {"rwms.phases", "rwms.reweight", "rwms.strong", "rwms.compare"},
+    "t2_deeplabv2": {"teachers.t2.arch"},
+    "t2_deeplabv3plus": {"teachers.t2.arch", "teachers.t2.head_width"},
+}
+
+
+@pytest.mark.parametrize("name, keys", sorted(CAMVID_ABLATIONS.items()))
+def test_camvid_ablation_changes_only_its_keys(name, keys):
+    assert differing(load(f"camvid/ablations/{name}.yaml"), load("camvid/rwms.yaml")) == keys
+
+
+def test_camvid_ablation_values():
+    assert load("camvid/ablations/one_phase.yaml").rwms.phases == 1
+    assert load("camvid/ablations/random_multiphase.yaml").rwms.split == "random"
+    assert load("camvid/ablations/no_reweight.yaml").rwms.reweight is False
+    b = load("camvid/ablations/baseline.yaml").rwms
+    assert (b.phases, b.reweight, b.strong, b.compare) == (1, False, False, [])
+    assert load("camvid/ablations/t2_deeplabv2.yaml").teachers.t2.arch == "deeplabv2"
+    t2 = load("camvid/ablations/t2_deeplabv3plus.yaml").teachers
+    assert t2.t2.arch == "deeplabv3plus" and t2.t2 != t2.t1  # identical configs would train identical teachers
+
+
+VOC_ABLATIONS = {
+    "one_phase": {"rwms.phases"},
+    "random_multiphase": {"rwms.split"},
+    "no_reweight": {"rwms.reweight"},
+    "t2_deeplabv2_r101": {"teachers.t2.arch", "teachers.t2.backbone", "teachers.t2.output_stride"},
+    "t2_deeplabv3plus_r101": {"teachers.t2.arch", "teachers.t2.backbone"},
+}
+
+
+@pytest.mark.parametrize("name, keys", sorted(VOC_ABLATIONS.items()))
+def test_voc_ablation_changes_only_its_keys(name, keys):
+    assert differing(load(f"voc/ablations/{name}.yaml"), load("voc/rwms_r50_1-8.yaml")) == keys
+
+
+def test_voc_teacher_2_choices():
+    v2 = load("voc/ablations/t2_deeplabv2_r101.yaml").teachers.t2
+    assert (v2.arch, v2.backbone, v2.output_stride) == ("deeplabv2", "resnet101", 8)
+    v3 = load("voc/ablations/t2_deeplabv3plus_r101.yaml").teachers.t2
+    assert (v3.arch, v3.backbone) == ("deeplabv3plus", "resnet101")
+
+
+# --- extends ---------------------------------------------------------------------------------
+
+
+def test_extends_cycle_names_the_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\ntrain: {epochs: 2}\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\ntrain: {epochs: 3}\n")
+    with pytest.raises(ConfigError, match="extends itself") as exc:
+        load_config(tmp_path / "a.yaml")
+    assert "a.yaml" in str(exc.value) and "b.yaml" in str(exc.value)
+
+
+def test_extends_itself(tmp_path):
+    (tmp_path / "self.yaml").write_text("extends: self.yaml\n")
+    with pytest.raises(ConfigError, match="self.yaml: extends itself"):
+        load_config(tmp_path / "self.yaml")
+
+
+def test_extends_missing_base_names_it(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "leaf.yaml").write_text("extends: ../missing_base.yaml\nrwms: {phases: 1}\n")
+    with pytest.raises(ConfigError, match="missing_base.yaml"):
+        load_config(tmp_path / "sub" / "leaf.yaml")
+
+
+def test_extends_merges_sections_relative_to_the_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("teachers: {t1: {backbone: resnet50, head_width: 64}}\ntrain: {epochs: 5, lr: 0.5}\n")
+    (tmp_path / "abl").mkdir()
+    (tmp_path / "abl" / "leaf.yaml").write_text("extends: ../base.yaml\nteachers: {t1: {backbone: resnet101}}\ntrain: {lr: 0.1}\n")
+    cfg = load_config(tmp_path / "abl" / "leaf.yaml")
+    assert (cfg.teachers.t1.backbone, cfg.teachers.t1.head_width) == ("resnet101", 64)
+    assert (cfg.train.epochs, cfg.train.lr) == (5, 0.1)
+
+
+def test_an_invalid_value_in_a_leaf_is_reported_with_its_file(tmp_path):
+    (tmp_path / "leaf.yaml").write_text(f"extends: {EXPERIMENTS / 'camvid' / 'rwms.yaml'}\nrwms: {{phases: 3}}\n")
+    with pytest.raises(ConfigError, match=r"rwms.phases.*leaf.yaml"):
+        load_config(tmp_path / "leaf.yaml")
