@@ -182,8 +182,8 @@ class RWMSConfig:
     lam: float = 1.0  # L = L_s + lam * L_u
     pseudo_batch_size: int | None = None  # pseudo-labeled images per batch; default: train.batch_size
     iterations: int | None = None  # the students' schedule; default: train.iterations / train.epochs
-    # CPUs (torch threads) per student worker; default train's. Students train one at a time, the
-    # two teachers side by side: on a small machine the students may take every core.
+    # CPUs (torch threads) per worker of the students and the comparison stages; default: train's.
+    # The comparison stages (SupOnly, Baseline) train beside the S1 -> S2 chain.
     cpus_per_worker: int | None = None
     compare: list[str] = field(default_factory=list)  # "suponly", "baseline"
 

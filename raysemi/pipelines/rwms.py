@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 from raysemi.config import Config, ModelConfig
 from raysemi.data.datasets import Item
@@ -63,34 +64,57 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
     scfg = student_config(cfg)
     u1, u2 = halves(cfg, run, plan, pass_rec)
     everything = u1 + u2  # the pass's rows: the unlabeled images less any it rejected (--skip-bad)
-    results: dict[str, dict] = {}
+    same_schedule = dataclasses.replace(scfg.train, cpus_per_worker=cfg.train.cpus_per_worker) == cfg.train
+    suponly_is_t1 = student == cfg.teachers.t1 and same_schedule  # same model, data, seed and schedule
+    if "suponly" in rw.compare and suponly_is_t1:
+        print("[suponly] the student model and schedule are T1's: SupOnly is T1")
 
-    if "suponly" in rw.compare:  # the student model on D_l alone, on the students' schedule
-        same_schedule = dataclasses.replace(scfg.train, cpus_per_worker=cfg.train.cpus_per_worker) == cfg.train
-        if student == cfg.teachers.t1 and same_schedule:  # that is T1 itself: same model, data, seed
-            print("[suponly] the student model and schedule are T1's: SupOnly is T1")
-            results["suponly"] = teachers["t1"]
-        else:
-            results["suponly"] = train_stage(run, "suponly", scfg, student, plan.labeled, plan)
-    if "baseline" in rw.compare:  # single-stage self-training: T1's labels on all of U, no weights, no strong aug
-        results["baseline"] = train_stage(run, "baseline", scfg, student, plan.labeled, plan,
+    def comparisons() -> dict[str, dict]:
+        out = {}
+        if "suponly" in rw.compare and not suponly_is_t1:  # the student model on D_l alone
+            out["suponly"] = train_stage(run, "suponly", scfg, student, plan.labeled, plan)
+        if "baseline" in rw.compare:  # single-stage self-training: T1's labels on all of U, no weights or strong aug
+            out["baseline"] = train_stage(run, "baseline", scfg, student, plan.labeled, plan,
                                           pseudo_spec(scfg, plan, [(table, everything)], False, False))
-    if rw.phases == 1:  # one-phase retraining: one student on all of U with the pair's weights
-        results["rwms"] = train_stage(run, "s1", scfg, student, plan.labeled, plan,
-                                      pseudo_spec(scfg, plan, [(table, everything)], rw.reweight, rw.strong))
-    else:
-        s1 = train_stage(run, "s1", scfg, student, plan.labeled, plan,
-                         pseudo_spec(scfg, plan, [(table, u1)], rw.reweight, rw.strong))
-        s1_pass = run_pass(run, "s1", [("s1", s1["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
+        return out
+
+    def first_student() -> dict[str, dict]:
+        if rw.phases == 1:  # one-phase retraining: one student on all of U with the pair's weights
+            return {"rwms": train_stage(run, "s1", scfg, student, plan.labeled, plan,
+                                        pseudo_spec(scfg, plan, [(table, everything)], rw.reweight, rw.strong))}
+        return {"s1": train_stage(run, "s1", scfg, student, plan.labeled, plan,
+                                  pseudo_spec(scfg, plan, [(table, u1)], rw.reweight, rw.strong))}
+
+    # S1 and the comparison stages train side by side, as the two teachers do: on a small machine two
+    # 1-thread runs get more done than one run with two threads each in turn.
+    with ThreadPoolExecutor(2) as pool:
+        compared, trained = pool.submit(comparisons), pool.submit(first_student)
+        found = {**compared.result(), **trained.result()}
+    if rw.phases == 2:  # S1's pass over U2, then S2 alone, with the cores of both lanes
+        s1_pass = run_pass(run, "s1", [("s1", found["s1"]["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
                            expect={"dataset": cfg.data.dataset, "num_classes": plan.info.num_classes}, ranks_from=table)
-        results["s1"] = s1
-        results["rwms"] = train_stage(run, "s2", scfg, student, plan.labeled, plan,
-                                      pseudo_spec(scfg, plan, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong))
+        found["rwms"] = train_stage(run, "s2", _with_both_lanes(scfg, bool(rw.compare)), student, plan.labeled, plan,
+                                    pseudo_spec(scfg, plan, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong))
+    if "suponly" in rw.compare and suponly_is_t1:
+        found["suponly"] = teachers["t1"]
+    results = {k: found[k] for k in ("suponly", "baseline", "s1", "rwms") if k in found}
     _print_table(teachers, results)
     from raysemi.report import write_report
 
     print(f"report: {write_report(run.root)}")
     return results
+
+
+def _with_both_lanes(cfg: Config, two_lanes: bool) -> Config:
+    """On CPU, a stage that trains alone after two side-by-side lanes gets their threads (twice the
+    CPUs per worker) when one node has them; on GPUs, or without a second lane, nothing changes."""
+    import ray
+
+    cpus = 2 * cfg.train.cpus_per_worker
+    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if cfg.train.use_gpu or not two_lanes or cpus > largest:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cpus_per_worker=cpus))
 
 
 def _print_table(teachers: dict, results: dict) -> None:
