@@ -31,7 +31,7 @@ def student_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, train=train)
 
 
-def pseudo_spec(cfg: Config, plan: DataPlan, sources: list[tuple[str, list[Item]]], reweight: bool, strong: bool) -> dict:
+def pseudo_spec(cfg: Config, sources: list[tuple[str, list[Item]]], reweight: bool, strong: bool) -> dict:
     """TrainJob.pseudo for a student: [(table, items)] and how to weigh and augment them."""
     rw = cfg.rwms
     return {"sources": [{"uri": uri, "ids": [it.id for it in items]} for uri, items in sources],
@@ -40,13 +40,13 @@ def pseudo_spec(cfg: Config, plan: DataPlan, sources: list[tuple[str, list[Item]
             "batch_size": rw.pseudo_batch_size or cfg.train.batch_size}
 
 
-def halves(cfg: Config, run: RunDir, plan: DataPlan, pass_rec: dict) -> tuple[list[Item], list[Item]]:
+def halves(cfg: Config, plan: DataPlan, pass_rec: dict) -> tuple[list[Item], list[Item]]:
     """U1 and U2: the pass's split by reliability, or (rwms.split random) a seeded draw of the same sizes."""
     reliable = read_split_file(pass_rec["split"]["reliable_file"], plan.root)
     unreliable = read_split_file(pass_rec["split"]["unreliable_file"], plan.root)
     if cfg.rwms.split == "reliability":
         return reliable, unreliable
-    ordered = sorted(plan.unlabeled, key=lambda it: it.id)
+    ordered = sorted(reliable + unreliable, key=lambda it: it.id)  # the pass's rows (less any rejects)
     picked = set(random.Random(cfg.data.split_seed).sample(range(len(ordered)), len(reliable)))
     return ([it for i, it in enumerate(ordered) if i in picked], [it for i, it in enumerate(ordered) if i not in picked])
 
@@ -62,7 +62,7 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
     table = pass_rec["table"]
     student: ModelConfig = rw.student or cfg.teachers.t1
     scfg = student_config(cfg)
-    u1, u2 = halves(cfg, run, plan, pass_rec)
+    u1, u2 = halves(cfg, plan, pass_rec)
     everything = u1 + u2  # the pass's rows: the unlabeled images less any it rejected (--skip-bad)
     same_schedule = dataclasses.replace(scfg.train, cpus_per_worker=cfg.train.cpus_per_worker) == cfg.train
     suponly_is_t1 = student == cfg.teachers.t1 and same_schedule  # same model, data, seed and schedule
@@ -75,15 +75,15 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
             out["suponly"] = train_stage(run, "suponly", scfg, student, plan.labeled, plan)
         if "baseline" in rw.compare:  # single-stage self-training: T1's labels on all of U, no weights or strong aug
             out["baseline"] = train_stage(run, "baseline", scfg, student, plan.labeled, plan,
-                                          pseudo_spec(scfg, plan, [(table, everything)], False, False))
+                                          pseudo_spec(scfg, [(table, everything)], False, False))
         return out
 
     def first_student() -> dict[str, dict]:
         if rw.phases == 1:  # one-phase retraining: one student on all of U with the pair's weights
             return {"rwms": train_stage(run, "s1", scfg, student, plan.labeled, plan,
-                                        pseudo_spec(scfg, plan, [(table, everything)], rw.reweight, rw.strong))}
+                                        pseudo_spec(scfg, [(table, everything)], rw.reweight, rw.strong))}
         return {"s1": train_stage(run, "s1", scfg, student, plan.labeled, plan,
-                                  pseudo_spec(scfg, plan, [(table, u1)], rw.reweight, rw.strong))}
+                                  pseudo_spec(scfg, [(table, u1)], rw.reweight, rw.strong))}
 
     # S1 and the comparison stages train side by side, as the two teachers do: on a small machine two
     # 1-thread runs get more done than one run with two threads each in turn.
@@ -94,7 +94,7 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
         s1_pass = run_pass(run, "s1", [("s1", found["s1"]["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
                            expect={"dataset": cfg.data.dataset, "num_classes": plan.info.num_classes}, ranks_from=table)
         found["rwms"] = train_stage(run, "s2", _with_both_lanes(scfg, bool(rw.compare)), student, plan.labeled, plan,
-                                    pseudo_spec(scfg, plan, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong))
+                                    pseudo_spec(scfg, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong))
     if "suponly" in rw.compare and suponly_is_t1:
         found["suponly"] = teachers["t1"]
     results = {k: found[k] for k in ("suponly", "baseline", "s1", "rwms") if k in found}
