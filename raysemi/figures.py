@@ -3,7 +3,7 @@ against unreliable images (paper Fig. 4) and pixel weight heat maps (paper Fig. 
 
 Plain functions on numpy arrays, no Ray. They draw on a bare `matplotlib.figure.Figure` (the Agg
 canvas, no pyplot: no global backend state, no display needed), render the PNG to bytes and write
-it with `atomic_write_bytes`, so a reader never sees half a file."""
+it with `storage.write_bytes` (atomic), so a reader never sees half a file."""
 from __future__ import annotations
 
 import io

@@ -2,8 +2,8 @@
 
 The pass: the unlabeled items as rows of (id, image path) -> Ray Data -> `map_batches(Labeler,
 compute=ActorPoolStrategy(size=actors))`, where each actor loads its model(s) once and decodes,
-resizes and labels the images -> `write_parquet` into a fresh temporary directory -> `_meta.json`
--> one rename onto the table's final directory. The driver never holds labels.
+resizes and labels the images -> `write_parquet` -> `_meta.json` (see below). The driver never
+holds labels.
 
 The table, one row per image (images stay where they are; join by id):
 
@@ -19,11 +19,9 @@ The table, one row per image (images stay where they are; join by id):
                         pass was asked to write weights
 
 Plain pyarrow reads it (`read_pseudo_table`, `iter_pseudo_batches`, `decode`); nothing here
-imports Ray at module level. A table directory is complete when it holds `_meta.json`: the file is
-written last into the temporary directory, and that directory is renamed into place only after it.
-On a local disk the table is written into a temporary directory that is renamed into place; an
-object store (s3://, gs://) has no directory rename, so there the pass writes into the table's
-own (emptied) directory and `_meta.json`, written last, is what makes it complete.
+imports Ray at module level. A table directory is complete when it holds `_meta.json`, written
+last: on a local disk into a temporary directory that is then renamed into place; on an object
+store (s3://, gs://), which has no directory rename, into the table's own (emptied) directory.
 """
 from __future__ import annotations
 

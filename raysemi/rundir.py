@@ -27,14 +27,6 @@ from raysemi import storage
 _LOCK = threading.Lock()  # teachers update the manifest from two threads
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    storage.write_bytes(path, data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    storage.write_bytes(path, text.encode())
-
-
 def fingerprint(obj: Any) -> str:
     """Stable short hash of a JSON-able object: the identity of a stage's inputs."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -15,7 +15,7 @@ from raysemi.data.transforms import normalize
 from raysemi.evaluate import evaluate, predict
 from raysemi.methods.metrics import format_iou_table, iou_per_class, mean_iou
 from raysemi.pipelines.common import resolve_data_root
-from raysemi.rundir import atomic_write_bytes
+from raysemi import storage
 from raysemi.train.checkpoint import load_model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -68,8 +68,8 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, mode: str =
             probs = predict(model, x.unsqueeze(0), mode, tuple(crop) if crop else None, flip)
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)  # back to the input size
         ids = probs.argmax(1)[0].numpy().astype(np.uint8)
-        atomic_write_bytes(out / "ids" / f"{path.stem}.png", _png(ids))
-        atomic_write_bytes(out / "color" / f"{path.stem}.png", _png(colorize(ids, bundle["palette"])))
+        storage.write_bytes(out / "ids" / f"{path.stem}.png", _png(ids))
+        storage.write_bytes(out / "color" / f"{path.stem}.png", _png(colorize(ids, bundle["palette"])))
         print(f"[predict] {i}/{len(paths)} {path.name}", flush=True)
     return len(paths)
 

@@ -1,6 +1,7 @@
 import json
 
-from raysemi.rundir import RunDir, atomic_write_text, fingerprint
+from raysemi.rundir import RunDir, fingerprint
+from raysemi.storage import write_text
 
 
 def test_manifest_and_summary(tmp_path):
@@ -16,7 +17,7 @@ def test_manifest_and_summary(tmp_path):
 
 
 def test_atomic_write_leaves_no_temp(tmp_path):
-    atomic_write_text(tmp_path / "a" / "f.txt", "hello")
+    write_text(tmp_path / "a" / "f.txt", "hello")
     assert (tmp_path / "a" / "f.txt").read_text() == "hello"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["f.txt"]
 
