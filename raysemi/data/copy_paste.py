@@ -62,6 +62,13 @@ class ClassConfidence:
         sigma_c <- alpha * sigma_c + (1 - alpha) * mean of probs[:, c] over pixels labelled c,
         for every class present; absent classes keep their sigma. Ignored pixels do not count.
         """
+        self.update_from_sums(*self.class_sums(probs, labels, ignore_index))
+
+    @torch.no_grad()
+    def class_sums(self, probs: Tensor, labels: Tensor, ignore_index: int = 255) -> tuple[Tensor, Tensor]:
+        """Per class: the summed probability of the true class over its labeled pixels, and their count
+        (float64 tensors of length C). Under DDP all-reduce both, then `update_from_sums`, so that
+        every rank keeps the same sigma (the mean over all ranks' pixels)."""
         if probs.dim() != 4 or probs.shape[1] != self.num_classes:
             raise ValueError(f"probs must be B x {self.num_classes} x H x W, got {tuple(probs.shape)}")
         if labels.shape != (probs.shape[0], *probs.shape[2:]):
@@ -72,8 +79,13 @@ class ClassConfidence:
             raise ValueError(f"labels must be in [0, {self.num_classes}) or {ignore_index}")
         # probability of each labeled pixel's own class, summed and counted per class
         p_true = probs.detach().permute(0, 2, 3, 1)[valid].double().gather(1, lab[:, None]).squeeze(1)
-        sums = torch.bincount(lab, weights=p_true, minlength=self.num_classes).cpu().numpy()
-        counts = torch.bincount(lab, minlength=self.num_classes).cpu().numpy()
+        sums = torch.bincount(lab, weights=p_true, minlength=self.num_classes)
+        counts = torch.bincount(lab, minlength=self.num_classes).double()
+        return sums, counts
+
+    def update_from_sums(self, sums: Tensor, counts: Tensor) -> None:
+        """The EMA step of `update` from (all-reduced) `class_sums`."""
+        sums, counts = sums.detach().cpu().numpy(), counts.detach().cpu().numpy()
         present = counts > 0
         means = sums[present] / counts[present]
         self.sigma[present] = self.momentum * self.sigma[present] + (1 - self.momentum) * means
@@ -161,6 +173,7 @@ def dcscp_batch(
     p_apply: float = 0.5,
     ignore_index: int = 255,
     temperature: float = 1.0,
+    cross_set: bool = True,
 ) -> DCSCPBatch:
     """Cross-set copy-paste over one training batch: every labeled and unlabeled image, with
     probability p_apply, receives the pixels of sampled classes from a labeled image of the batch.
@@ -177,6 +190,10 @@ def dcscp_batch(
     labeled images that contain it, excluding the destination itself when another exists); any
     further classes are drawn among those present in that source. Sources are always the original
     labeled images, never ones already pasted in this call.
+
+    cross_set=False pastes onto the labeled images only (the paper's CP / DCP rows of Table 5): the
+    unlabeled views come back unchanged. "Dynamic" is the caller's: a `confidence` that is never
+    updated keeps equal sigma, so classes are drawn uniformly (CP / CSCP).
     """
     if not 0.0 <= p_apply <= 1.0:
         raise ValueError(f"p_apply must be in [0, 1], got {p_apply}")
@@ -218,7 +235,7 @@ def dcscp_batch(
     out_views = [v.clone() for v in views]
     out_targets = pseudo_targets.clone()
     u_pasted = torch.zeros(pseudo_targets.shape, dtype=torch.bool, device=pseudo_targets.device)
-    for b in range(pseudo_targets.shape[0]):
+    for b in range(pseudo_targets.shape[0] if cross_set else 0):
         p = plan(None)
         if p is None:
             continue

@@ -1,7 +1,7 @@
 """Segmentation models: `build_model(arch, backbone, ...)` is the one entry point.
 
 Every model maps Bx3xHxW images (ImageNet mean/std normalised) to logits BxCxHxW at the input
-size - a tuple of two for "crosshead" - and splits its parameters into `backbone_parameters()`
+size - a tuple of two for "crosshead" and "crossmodel" - and splits its parameters into `backbone_parameters()`
 and `head_parameters()` so the trainer can give the head 10x the backbone's learning rate.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from raysemi.models.backbones import (
 from raysemi.models.cross_head import CrossHeadModel, build_cross_model
 from raysemi.models.heads import HEADS, SegModel, build_head, seeded
 
-ARCHS = ("deeplabv3plus", "pspnet", "deeplabv2", "crosshead")
+ARCHS = ("deeplabv3plus", "pspnet", "deeplabv2", "crosshead", "crossmodel")
 
 __all__ = [
     "ARCHS",
@@ -50,8 +50,9 @@ def build_model(arch: str, backbone: str, num_classes: int, output_stride: int =
     check_choice("output_stride", output_stride, OUTPUT_STRIDES)
     if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if arch == "crosshead":
-        return build_cross_model(backbone, num_classes, output_stride, pretrained, seed, head_width=head_width)
+    if arch in ("crosshead", "crossmodel"):  # crossmodel: UCC's two-encoder ablation
+        return build_cross_model(backbone, num_classes, output_stride, pretrained, seed,
+                                 shared_encoder=arch == "crosshead", head_width=head_width)
     with seeded(seed):
         encoder = build_backbone(backbone, output_stride, pretrained)
         head = build_head(arch, encoder.low_channels, encoder.high_channels, num_classes, output_stride, head_width)

@@ -3,6 +3,11 @@
 `shared_encoder=False` gives the paper's "cross-model" ablation (Table 7): two encoders, one per
 head, with the same forward contract. Either way `forward(x)` returns `(logits1, logits2)`,
 both upsampled to the input size.
+
+`forward(x, rows=(rows1, rows2))` runs head m on the batch rows `rows_m` only (a slice or an index
+tensor): UCC's training step sends labeled, strong-view-1 and strong-view-2 images through the
+encoder once, and each head sees the labeled images and its own strong view. One forward call, so
+DDP sees every parameter used as in a plain forward.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from itertools import chain
 
 from torch import Tensor, nn
 
-from raysemi.models.backbones import build_backbone
+from raysemi.models.backbones import Features, build_backbone
 from raysemi.models.heads import DeepLabV3PlusHead, seeded, upsample
 
 
@@ -32,9 +37,13 @@ class CrossHeadModel(nn.Module):
         """True for the two-encoder ablation, False for UCC's shared encoder."""
         return self.encoder2 is not None
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        feats1 = self.encoder(x)
-        feats2 = self.encoder2(x) if self.encoder2 is not None else feats1
+    def forward(self, x: Tensor, rows: tuple | None = None) -> tuple[Tensor, Tensor]:
+        rows1, rows2 = rows if rows is not None else (slice(None), slice(None))
+        if self.encoder2 is not None:  # cross-model: each encoder sees its head's rows only
+            feats1, feats2 = self.encoder(x[rows1]), self.encoder2(x[rows2])
+        else:
+            shared = self.encoder(x)
+            feats1, feats2 = (Features(*(f[r] for f in shared)) for r in (rows1, rows2))
         size = x.shape[-2:]
         return upsample(self.head1(feats1), size), upsample(self.head2(feats2), size)
 

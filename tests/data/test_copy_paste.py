@@ -165,3 +165,24 @@ def test_dcscp_p_apply_zero_changes_nothing():
     assert torch.equal(out.labeled_images, L_IMG) and torch.equal(out.labeled_masks, L_MASK)
     assert torch.equal(out.unlabeled_images, U_IMG) and torch.equal(out.pseudo_targets, U_TGT)
     assert not out.labeled_pasted.any() and not out.unlabeled_pasted.any()
+
+
+def test_dcscp_labeled_only_leaves_the_unlabeled_views_alone():
+    out = dcscp_batch(L_IMG, L_MASK, [U_IMG, U_IMG + 1], U_TGT, ClassConfidence(3), np.random.default_rng(0),
+                      p_apply=1.0, cross_set=False)
+    assert out.labeled_pasted.any(dim=(1, 2)).all(), "labeled images are still pasted onto"
+    assert torch.equal(out.unlabeled_images[0], U_IMG) and torch.equal(out.unlabeled_images[1], U_IMG + 1)
+    assert not out.unlabeled_pasted.any() and (out.pseudo_targets == 255).all()
+
+
+def test_class_sums_then_update_from_sums_is_update_and_adds_up_across_ranks():
+    # two "ranks" with the example of test_ema_update_by_hand split between them
+    labels_a, labels_b = torch.tensor([[[0, 0]]]), torch.tensor([[[1, 255]]])
+    probs = two_class_probs([0.8, 0.6, 0.4, 0.9])  # 1 x 2 x 2 x 2
+    conf = ClassConfidence(2, momentum=0.5)
+    sums_a, counts_a = conf.class_sums(probs[:, :, :1], labels_a)
+    sums_b, counts_b = conf.class_sums(probs[:, :, 1:], labels_b)
+    assert sums_a.tolist() == pytest.approx([1.4, 0.0]) and counts_a.tolist() == [2, 0]
+    assert sums_b.tolist() == pytest.approx([0.0, 0.6]) and counts_b.tolist() == [0, 1]
+    conf.update_from_sums(sums_a + sums_b, counts_a + counts_b)  # what an all-reduce hands every rank
+    assert conf.sigma.tolist() == pytest.approx([0.6, 0.55])  # as one update over all four pixels

@@ -53,3 +53,18 @@ def test_cross_model_variant_has_two_encoders_and_the_same_contract() -> None:
 def test_cross_model_encoders_start_from_the_same_imagenet_weights() -> None:
     model = build_cross_model("efficientnet_lite0", NUM_CLASSES, pretrained=True, shared_encoder=False)
     assert all(torch.equal(a, b) for a, b in zip(model.encoder.state_dict().values(), model.encoder2.state_dict().values()))
+
+
+@pytest.mark.parametrize("arch", ["crosshead", "crossmodel"])
+def test_rows_route_batch_rows_to_each_head(arch) -> None:
+    # UCC's step: head 1 sees rows [labeled, strong 1], head 2 rows [labeled, strong 2], in one call
+    model = build_model(arch, "resnet18", NUM_CLASSES, pretrained=False, seed=0).eval()  # BN per sample
+    assert model.cross_model is (arch == "crossmodel")
+    x = torch.randn(5, 3, 32, 32)
+    rows1, rows2 = torch.tensor([0, 1, 2]), torch.tensor([0, 3, 4])
+    with torch.no_grad():
+        full1, full2 = model(x)
+        out1, out2 = model(x, rows=(rows1, rows2))
+    torch.testing.assert_close(out1, full1[rows1])
+    torch.testing.assert_close(out2, full2[rows2])
+    assert not torch.allclose(out2, full2[rows1]), "different rows give different logits"
