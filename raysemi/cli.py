@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "students S1 and S2 (and the rwms.compare stages), then the report; a rerun skips finished stages")
     _common(p)
 
+    p = sub.add_parser("ucc", help="train UCC (cross-head co-training, UGRM, DCSCP) on the labeled and unlabeled "
+                       "images, and the ucc.compare stages beside it, then the report; a rerun resumes or skips")
+    _common(p)
+
     p = sub.add_parser("split", help="write labeled/unlabeled split files for a fraction and a seed")
     _common(p, run_required=False)
     p.add_argument("--fraction", help="labeled fraction, e.g. 1/8 (default: data.labeled_fraction)")
@@ -115,6 +119,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from raysemi.pipelines.rwms import run_rwms
 
         run_rwms(cfg, run)
+    elif args.command == "ucc":
+        from raysemi.pipelines.ucc import run_ucc
+
+        run_ucc(cfg, run)
     elif args.command == "pseudo-label":
         from raysemi.pipelines.pseudo import run_pseudo
 

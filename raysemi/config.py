@@ -60,7 +60,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["deeplabv3plus", "pspnet", "deeplabv2", "crosshead"] = "deeplabv3plus"
+    # crosshead: UCC's shared encoder and two heads; crossmodel: its Table 7 ablation, two encoders
+    arch: Literal["deeplabv3plus", "pspnet", "deeplabv2", "crosshead", "crossmodel"] = "deeplabv3plus"
     backbone: Literal["resnet18", "resnet50", "resnet101", "efficientnet_lite0"] = "resnet50"
     output_stride: Literal[8, 16] = 16
     pretrained: bool = True  # ImageNet weights for the backbone
@@ -203,6 +204,63 @@ class RWMSConfig:
 
 
 @dataclass
+class UCCConfig:
+    """UCC (DESIGN.md §1, paper ucc.txt) and the paper's ablations as values:
+
+    UCC (the defaults)     views ws, copy_paste dcscp, ugrm true, lam 2, model crosshead
+    Table 3 (components)   WS off: views w; DCSCP off: copy_paste none; UGRM off: ugrm false
+    Table 4 (views)        s: pseudo labels from the strong views; w: from and on the weak view; ws
+    Table 5 (copy-paste)   none, cp (random class, labeled images only), dcp (classes by confidence),
+                           cscp (random class, pasted onto labeled and unlabeled), dcscp (both)
+    Table 6                lam
+    Table 7                model.arch crossmodel: two encoders instead of one shared
+    UGRM reading           ugrm_reading "equations": the indicator as Eq. 9-10 print it (see
+                           raysemi.methods.ugrm; "text", the prose's reading, is the default)
+
+    `compare: [suponly]` trains the config's `model` on the labeled images alone, beside UCC, on the
+    same schedule, for the final table.
+    """
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="crosshead"))
+    lam: float = 2.0  # L = L_s + lam * L_u (paper Table 6: 2 is best)
+    # lam rises from 0 to lam over this fraction of the schedule (sigmoid ramp-up of Mean Teacher / CCT).
+    # 0 (the paper gives no ramp) on the GPU configs; short CPU schedules need one (see camvid/ucc.yaml)
+    lam_warmup: float = 0.0
+    unlabeled_batch_size: int | None = None  # unlabeled images per batch; default: train.batch_size
+    views: Literal["ws", "w", "s"] = "ws"
+    ugrm: bool = True
+    ugrm_reading: Literal["text", "equations"] = "text"
+    copy_paste: Literal["dcscp", "cscp", "dcp", "cp", "none"] = "dcscp"
+    paste_p: float = 0.5  # probability that a destination image receives a paste (not in the paper)
+    paste_classes: int = 1  # classes per paste ("pixels belonging to one specific category")
+    confidence_momentum: float = 0.999  # alpha of Eq. 6 (AEL's value; the paper gives none)
+    strong_max_ops: int = 3  # N ~ U{1..strong_max_ops} operations from the pool of nine per view
+    compare: list[str] = field(default_factory=list)  # "suponly"
+
+    def validate(self) -> None:
+        if self.model.arch not in ("crosshead", "crossmodel"):
+            _bad("ucc.model.arch", self.model.arch, "'crosshead' or 'crossmodel'")
+        self.model.validate("ucc.model")
+        if self.lam < 0:
+            _bad("ucc.lam", self.lam, ">= 0")
+        if not 0 <= self.lam_warmup < 1:
+            _bad("ucc.lam_warmup", self.lam_warmup, "in [0, 1)")
+        if self.unlabeled_batch_size is not None and self.unlabeled_batch_size < 1:
+            _bad("ucc.unlabeled_batch_size", self.unlabeled_batch_size, ">= 1")
+        if not 0 <= self.paste_p <= 1:
+            _bad("ucc.paste_p", self.paste_p, "in [0, 1]")
+        if self.paste_classes < 1:
+            _bad("ucc.paste_classes", self.paste_classes, ">= 1")
+        if not 0 <= self.confidence_momentum < 1:
+            _bad("ucc.confidence_momentum", self.confidence_momentum, "in [0, 1)")
+        if not 1 <= self.strong_max_ops <= 9:
+            _bad("ucc.strong_max_ops", self.strong_max_ops, "in [1, 9] (the pool has nine operations)")
+        for i, name in enumerate(self.compare):
+            if name != "suponly":
+                _bad(f"ucc.compare[{i}]", name, "'suponly'")
+
+
+@dataclass
 class RayConfig:
     address: str = ""  # "" starts a local Ray; "auto" joins the cluster this runs on
     num_cpus: int | None = None  # local Ray only; default: all cores
@@ -216,6 +274,7 @@ class Config:
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     rwms: RWMSConfig = field(default_factory=RWMSConfig)
+    ucc: UCCConfig = field(default_factory=UCCConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
@@ -223,6 +282,7 @@ class Config:
         self.train.validate()
         self.pseudo.validate()
         self.rwms.validate()
+        self.ucc.validate()
         for key, model in (("model", self.model), ("teachers.t1", self.teachers.t1), ("teachers.t2", self.teachers.t2),
                            ("rwms.student", self.rwms.student)):
             if model is not None:

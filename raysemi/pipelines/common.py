@@ -98,8 +98,9 @@ def as_rows(items: list[Item]) -> list[list]:
 
 
 def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan,
-             pseudo: dict | None = None):
-    """The TrainJob of one training stage (a student's when `pseudo` is given), checked for usable batch sizes."""
+             pseudo: dict | None = None, ucc: dict | None = None):
+    """The TrainJob of one training stage (a student's when `pseudo` is given, UCC's with `ucc`), checked for
+    usable batch sizes."""
     from raysemi.train.loop import TrainJob
 
     tc, dc = cfg.train, cfg.data
@@ -111,26 +112,31 @@ def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_ite
         if count < pseudo["batch_size"] * tc.num_workers:
             raise ConfigError(f"{stage}: {count} pseudo-labeled images are fewer than one batch "
                               f"(rwms.pseudo_batch_size {pseudo['batch_size']} x train.num_workers {tc.num_workers})")
+    if ucc is not None and len(ucc["unlabeled"]) < ucc["batch_size"] * tc.num_workers:
+        raise ConfigError(f"{stage}: {len(ucc['unlabeled'])} unlabeled images are fewer than one batch "
+                          f"(ucc.unlabeled_batch_size {ucc['batch_size']} x train.num_workers {tc.num_workers})")
     return TrainJob(stage=stage, model=asdict(model), train=asdict(tc), dataset=dc.dataset,
                     num_classes=plan.info.num_classes, train_items=as_rows(train_items), val_items=as_rows(plan.val),
                     out_dir=run.local_dir(stage), log_to=None if run.is_local else run.path(stage),
                     crop_size=dc.crop_size, scale=dc.scale, image_size=dc.image_size, loader_workers=dc.loader_workers,
-                    pseudo=pseudo)
+                    pseudo=pseudo, ucc=ucc)
 
 
 def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan,
-                pseudo: dict | None = None) -> dict:
+                pseudo: dict | None = None, ucc: dict | None = None) -> dict:
     """Train one model as a Ray Train run; skip it if it finished with the same inputs. With `pseudo`
-    (see TrainJob.pseudo) it is a student: its inputs include the contents of the tables it reads."""
+    (see TrainJob.pseudo) it is a student: its inputs include the contents of the tables it reads.
+    With `ucc` (see TrainJob.ucc) it is a UCC run on the labeled and unlabeled images."""
     from raysemi.pseudo import table_meta
     from raysemi.train.ray_fit import fit
 
-    job = make_job(run, stage, cfg, model, train_items, plan, pseudo)
+    job = make_job(run, stage, cfg, model, train_items, plan, pseudo, ucc)
     # Inputs that change the result; worker counts and logging do not.
     train_inputs = {k: v for k, v in job.train.items() if k not in ("log_every", "max_failures", "num_workers", "cpus_per_worker")}
     tables = [table_meta(s["uri"])["inputs"] for s in pseudo["sources"]] if pseudo else None
     inputs = fingerprint({"model": job.model, "train": train_inputs, "data": [job.dataset, job.train_items, job.val_items,
-                          job.crop_size, job.scale, job.image_size], **({"pseudo": [pseudo, tables]} if pseudo else {})})
+                          job.crop_size, job.scale, job.image_size], **({"pseudo": [pseudo, tables]} if pseudo else {}),
+                          **({"ucc": ucc} if ucc else {})})
     if run.is_done(stage, inputs):
         rec = run.stage(stage)
         print(f"[{stage}] already done with these inputs: val mIoU {100 * rec['val_miou']:.2f} ({rec['checkpoint']})")

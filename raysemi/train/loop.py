@@ -1,6 +1,6 @@
 """The supervised training loop, run by every Ray Train worker (or in a plain process).
 
-One loop for every supervised stage and for the RWMS students (UCC's step plugs in later):
+One loop for every supervised stage, the RWMS students and UCC:
 SGD with momentum, head LR x10, poly decay, cross-entropy with ignore (OHEM optional), DDP and
 SyncBN through Ray Train, AMP on GPU, evaluation every N epochs, the best model kept by val mIoU,
 checkpoints through `ray.train.report` and resume from the last one.
@@ -9,6 +9,9 @@ A student job (`TrainJob.pseudo`) adds pseudo-labeled images streamed from Parqu
 batch: one forward pass over the labeled and pseudo-labeled crops together (as ST++ does), loss
 `L_s + lam * L_u` with L_u the pixel-weighted cross-entropy of RWMS Eq. 5. Iterations and epochs
 count labeled batches, so a student sees its labeled images as often as SupOnly does.
+
+A UCC job (`TrainJob.ucc`) trains the cross-head model: each labeled batch comes with a batch of
+unlabeled views and raysemi.methods.ucc.UCCStep gives the loss; its DCSCP state is checkpointed.
 """
 from __future__ import annotations
 
@@ -58,6 +61,8 @@ class TrainJob:
     # students: {"sources": [{"uri", "ids"}], "images": {id: path}, "a", "b", "reweight", "strong", "lam",
     # "batch_size"} (see raysemi.data.pseudo_stream.PseudoStream)
     pseudo: dict | None = None
+    # UCC: {"settings": UCCSettings as a dict, "unlabeled": [[id, image, None]], "batch_size", "strong_max_ops"}
+    ucc: dict | None = None
 
 
 def poly_lr(base: float, it: int, total: int, power: float) -> float:
@@ -237,6 +242,12 @@ def _train(job: TrainJob) -> dict:
     val_ds = SegmentationDataset(_items(job.val_items[session.rank :: session.world]), info, _size(job.image_size))
     pseudo = _pseudo_batches(job, tc, session) if job.pseudo else None
     lam = float(job.pseudo["lam"]) if job.pseudo else 0.0
+    ucc, unlabeled = None, None
+    if job.ucc:
+        from raysemi.methods.ucc import UCCSettings, UCCStep
+
+        ucc = UCCStep(UCCSettings(**job.ucc["settings"]), job.num_classes, criterion, tc.seed, session.rank, session.world)
+        unlabeled = _unlabeled_batches(job, tc, session, info)
 
     iters_per_epoch = len(loader)
     epochs = math.ceil(tc.iterations / iters_per_epoch) if tc.iterations else tc.epochs
@@ -250,12 +261,16 @@ def _train(job: TrainJob) -> dict:
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_miou, best_epoch = state["epoch"], state["best_miou"], state["best_epoch"]
         best_state = best["state_dict"]
+        if ucc is not None:
+            ucc.load_state_dict(state["ucc"])
     log = _Log(job, session.rank == 0, start_epoch * iters_per_epoch)
     if restored:
         log.say(f"resumed from the checkpoint of epoch {start_epoch} (best val mIoU {100 * best_miou:.2f})")
     log.say(f"{len(train_ds)} training images, {iters_per_epoch} iterations/epoch, {epochs} epochs, "
             f"{session.world} worker(s) on {device.type}"
-            + (f"; {job.pseudo['batch_size']} pseudo-labeled images per batch, lam {lam:g}" if pseudo else ""))
+            + (f"; {job.pseudo['batch_size']} pseudo-labeled images per batch, lam {lam:g}" if pseudo else "")
+            + (f"; UCC with {job.ucc['batch_size']} unlabeled images per batch, {_describe(job.ucc['settings'])}"
+               if ucc else ""))
 
     loop_started = time.time()
     t0, done_iters, step_times = time.time(), 0, []
@@ -269,9 +284,12 @@ def _train(job: TrainJob) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], it, total, tc.poly_power)
             image, mask = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
-            loss_u = None
+            loss_u, stats = None, {}
             with torch.autocast(device.type, enabled=use_amp):
-                if pseudo is None:
+                if ucc is not None:
+                    u = {k: v.to(device, non_blocking=True) for k, v in next(unlabeled).items() if torch.is_tensor(v)}
+                    loss, loss_u, stats = ucc(model, image, mask, u, it / total)
+                elif pseudo is None:
                     loss = criterion(model(image), mask)
                 else:
                     u = next(pseudo)
@@ -289,7 +307,9 @@ def _train(job: TrainJob) -> dict:
             if (it + 1) % tc.log_every == 0 or it + 1 == total:
                 per_it = (time.time() - t0) / done_iters
                 lr = optimizer.param_groups[0]["lr"]
-                unsup = "" if loss_u is None else f" (L_u {loss_u.item():.4f})"
+                unsup = "" if loss_u is None else f" (L_u {loss_u.item():.4f}" + (
+                    f", UGRM keeps {100 * float(stats['used_1']):.0f}/{100 * float(stats['used_2']):.0f}% of pixels"
+                    if stats and job.ucc["settings"]["ugrm"] else "") + ")"
                 log.say(f"epoch {epoch + 1}/{epochs} it {it + 1}/{total} loss {loss.item():.4f}{unsup} "
                         f"lr {lr:.2e} {per_it:.2f}s/it ETA {_eta(per_it * (total - it - 1))}")
                 log.row(epoch=epoch + 1, iteration=it + 1, loss=f"{loss.item():.5f}", lr=f"{lr:.6g}", val_miou="",
@@ -319,7 +339,8 @@ def _train(job: TrainJob) -> dict:
                 ckpt_dir = tmp
                 save_torch({"model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
                             "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_miou": best_miou,
-                            "best_epoch": best_epoch}, Path(tmp) / STATE_FILE)
+                            "best_epoch": best_epoch, **({"ucc": ucc.state_dict()} if ucc else {})},
+                           Path(tmp) / STATE_FILE)
                 meta = {"num_classes": job.num_classes, "dataset": job.dataset, "class_names": list(info.class_names),
                         "palette": [list(c) for c in info.palette], "image_size": job.image_size,
                         "epoch": best_epoch, "val_miou": best_miou, "stage": job.stage}
@@ -333,7 +354,6 @@ def _train(job: TrainJob) -> dict:
 def _pseudo_batches(job: TrainJob, tc: TrainConfig, session: _Session):
     """Endless batches of pseudo-labeled crops for a student; each pass over the tables has a new order.
     The loader is not persistent, so that `set_epoch` reaches its workers."""
-    from raysemi.data.datasets import DataError
     from raysemi.data.pseudo_stream import PseudoStream
 
     p = job.pseudo
@@ -341,17 +361,49 @@ def _pseudo_batches(job: TrainJob, tc: TrainConfig, session: _Session):
                           reweight=p["reweight"], strong=p["strong"], seed=tc.seed, rank=session.rank,
                           world=session.world)
     loader = DataLoader(stream, batch_size=p["batch_size"], drop_last=True, num_workers=job.loader_workers)
+    return _endless(loader, stream.set_epoch, f"{job.stage}: the pseudo-labeled images give no full batch of "
+                    f"{p['batch_size']} per worker ({len(stream)} images, {session.world} worker(s))")
+
+
+def _unlabeled_batches(job: TrainJob, tc: TrainConfig, session: _Session, info):
+    """Endless batches of UCC's unlabeled views (weak, and two strong unless views is "w"), this rank's share."""
+    from raysemi.data.ucc_views import UnlabeledViews
+
+    u = job.ucc
+    views = UnlabeledViews(_items(u["unlabeled"]), info, tuple(job.crop_size), tuple(job.scale), _size(job.image_size),
+                           strong_views=u["settings"]["views"] != "w", strong_max_ops=u["strong_max_ops"])
+    loader = DataLoader(views, batch_size=u["batch_size"], shuffle=True, drop_last=True,
+                        num_workers=job.loader_workers, persistent_workers=job.loader_workers > 0)
+    if session.ray:
+        import ray.train.torch
+
+        loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+    sampler = getattr(loader, "sampler", None)
+    return _endless(loader, getattr(sampler, "set_epoch", lambda epoch: None),
+                    f"{job.stage}: {len(views)} unlabeled images give no full batch of {u['batch_size']} "
+                    f"per worker ({session.world} worker(s))")
+
+
+def _endless(loader, set_epoch, empty_error: str):
+    """Batches of `loader` pass after pass, `set_epoch(n)` before pass n; DataError if a pass is empty."""
+    from raysemi.data.datasets import DataError
+
     epoch = 0
     while True:
-        stream.set_epoch(epoch)
+        set_epoch(epoch)
         empty = True
         for batch in loader:
             empty = False
             yield batch
         if empty:
-            raise DataError(f"{job.stage}: the pseudo-labeled images give no full batch of {p['batch_size']} "
-                            f"per worker ({len(stream)} images, {session.world} worker(s))")
+            raise DataError(empty_error)
         epoch += 1
+
+
+def _describe(settings: dict) -> str:
+    return (f"views {settings['views']}, copy-paste {settings['copy_paste']}, "
+            f"UGRM {settings['ugrm_reading'] if settings['ugrm'] else 'off'}, lam {settings['lam']:g}"
+            + (f" (warm-up over the first {settings['lam_warmup']:.0%})" if settings.get("lam_warmup") else ""))
 
 
 def _size(size: list[int] | None) -> tuple[int, int] | None:

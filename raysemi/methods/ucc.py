@@ -1,0 +1,136 @@
+"""One UCC training step (paper §3, Eq. 1-4 and 12): the loss of a labeled and an unlabeled batch.
+
+    L = L_s + lam * L_u
+    L_s = CE(y, head 1 on the weak labeled view) + CE(y, head 2 on it)                      (Eq. 1)
+    L_u = UGRM-weighted CE(q1 -> head 2 on strong view 2) + CE(q2 -> head 1 on strong view 1)  (Eq. 12)
+
+with q_m the pseudo label of head m on the weak unlabeled view, computed without gradient. Order
+of one step: weak forward (no grad) -> DCSCP pastes classes of the labeled batch onto labeled
+images and onto both strong views (their targets become the pasted ground truth) -> a forward of
+the labeled images (both heads) and one of [strong 1, strong 2] through the shared encoder, head m
+on strong view m only -> losses -> the class confidence of DCSCP moves by EMA from the labeled
+pixels' softmax (all-reduced across DDP ranks, so every rank samples classes from the same sigma).
+
+`views` (paper Table 4) changes where pseudo labels come from and what they supervise:
+"ws" weak -> strong (UCC); "w" weak -> weak, one view, the labels taken from the same forward
+(plain cross-head co-training, Table 3 without WS); "s" strong -> strong, head m's label from its
+own strong view supervising the peer's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from raysemi.data.copy_paste import ClassConfidence, dcscp_batch
+from raysemi.methods.ugrm import cross_supervision_loss
+
+IGNORE_INDEX = 255
+COPY_PASTE = ("none", "cp", "dcp", "cscp", "dcscp")
+
+
+@dataclass
+class UCCSettings:
+    """The step's switches (raysemi.config.UCCConfig's values; see its docstring for the ablations)."""
+
+    lam: float = 2.0
+    views: str = "ws"
+    ugrm: bool = True
+    ugrm_reading: str = "text"
+    copy_paste: str = "dcscp"
+    paste_p: float = 0.5
+    paste_classes: int = 1
+    confidence_momentum: float = 0.999
+    lam_warmup: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.views not in ("ws", "w", "s"):
+            raise ValueError(f"views must be 'ws', 'w' or 's', got {self.views!r}")
+        if self.copy_paste not in COPY_PASTE:
+            raise ValueError(f"copy_paste must be one of {COPY_PASTE}, got {self.copy_paste!r}")
+        if not 0 <= self.lam_warmup < 1:
+            raise ValueError(f"lam_warmup must be in [0, 1), got {self.lam_warmup}")
+
+    def lam_at(self, progress: float) -> float:
+        """lam at a point of the schedule (progress in [0, 1]): the sigmoid ramp-up of Mean Teacher and
+        CCT, exp(-5 (1 - t)^2) with t = progress / lam_warmup, over the first lam_warmup of the
+        schedule; lam itself after it (and throughout when lam_warmup is 0, as in the paper)."""
+        if progress >= self.lam_warmup:
+            return self.lam
+        return self.lam * math.exp(-5.0 * (1.0 - progress / self.lam_warmup) ** 2)
+
+
+class UCCStep:
+    """Callable: (model, labeled image, mask, unlabeled views, progress) -> (loss, L_u, stats); progress
+    (iteration / total) only matters with a lam warm-up.
+
+    Holds DCSCP's class confidence and its random generator: both go into checkpoints
+    (`state_dict`), so a resumed run pastes as the uninterrupted one would.
+    """
+
+    def __init__(self, settings: UCCSettings, num_classes: int, criterion: nn.Module, seed: int = 0,
+                 rank: int = 0, world: int = 1):
+        self.s = settings
+        self.criterion = criterion
+        self.world = world
+        self.confidence = ClassConfidence(num_classes, settings.confidence_momentum)
+        self.rng = np.random.default_rng([seed, rank])  # each rank pastes differently
+        # CP and CSCP draw classes uniformly: a confidence that never moves keeps them equally likely
+        self.dynamic = settings.copy_paste in ("dcp", "dcscp")
+        self.cross_set = settings.copy_paste in ("cscp", "dcscp")
+
+    def __call__(self, model: nn.Module, image: Tensor, mask: Tensor, u: dict[str, Tensor], progress: float = 1.0
+                 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        s = self.s
+        if s.views == "ws":
+            with torch.no_grad():
+                weak1, weak2 = model(u["weak"])
+                targets = (weak1.softmax(1), weak2.softmax(1))
+            views = [u["strong1"], u["strong2"]]
+        else:
+            targets = None  # taken from the predictions themselves, detached
+            views = [u["strong1"], u["strong2"]] if s.views == "s" else [u["weak"]]
+        n_u = views[0].shape[0]
+
+        pasted = None
+        if s.copy_paste != "none":
+            none_yet = torch.full((n_u, *mask.shape[1:]), IGNORE_INDEX, dtype=mask.dtype, device=mask.device)
+            out = dcscp_batch(image, mask, views, none_yet, self.confidence, self.rng, s.paste_classes, s.paste_p,
+                              IGNORE_INDEX, cross_set=self.cross_set)
+            image, mask, views, pasted = out.labeled_images, out.labeled_masks, out.unlabeled_images, out.pseudo_targets
+
+        # Labeled and unlabeled crops go through the model in separate calls, as in UniMatch: BatchNorm
+        # then normalises the labeled batch by its own statistics, not mixed with those of the strongly
+        # distorted views (inverted, solarized ...). The shared encoder learns from both calls.
+        out1, out2 = model(image)
+        if len(views) == 2:  # head m sees strong view m only
+            pred1, pred2 = model(torch.cat(views), rows=(slice(0, n_u), slice(n_u, 2 * n_u)))
+        else:
+            pred1, pred2 = model(views[0])
+        loss_s = self.criterion(out1, mask) + self.criterion(out2, mask)
+        if targets is None:
+            targets = (pred1.detach().softmax(1), pred2.detach().softmax(1))
+        loss_u, stats = cross_supervision_loss(pred1, pred2, *targets, ignore_mask=u["ignore"], ugrm=s.ugrm,
+                                               reading=s.ugrm_reading, pasted_labels=pasted)
+        if self.dynamic:
+            self._update_confidence(out1.detach(), out2.detach(), mask)
+        return loss_s + s.lam_at(progress) * loss_u, loss_u, stats
+
+    def _update_confidence(self, logits1: Tensor, logits2: Tensor, mask: Tensor) -> None:
+        probs = (logits1.float().softmax(1) + logits2.float().softmax(1)) / 2  # the heads' ensemble
+        sums, counts = self.confidence.class_sums(probs, mask, IGNORE_INDEX)
+        if self.world > 1:
+            both = torch.stack([sums, counts]).to(logits1.device)
+            torch.distributed.all_reduce(both)
+            sums, counts = both[0], both[1]
+        self.confidence.update_from_sums(sums, counts)
+
+    def state_dict(self) -> dict:
+        return {"confidence": self.confidence.state_dict(), "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.confidence.load_state_dict(state["confidence"])
+        self.rng.bit_generator.state = state["rng"]

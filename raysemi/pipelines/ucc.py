@@ -1,0 +1,52 @@
+"""UCC end to end: one Ray Train run of the cross-head model on the labeled and unlabeled images
+(and, beside it on the same schedule, the `ucc.compare` stages), then the table and the report.
+
+The stage is recorded in the run's manifest with the fingerprint of its inputs, like every other:
+a rerun skips it when it finished and resumes it from its last checkpoint when it did not.
+"""
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+
+from raysemi.config import Config
+from raysemi.pipelines.common import DataPlan, as_rows, check_items, plan_data, train_stage
+from raysemi.rundir import RunDir
+from raysemi.train.ray_fit import init_ray
+
+NAMES = {"suponly": "SupOnly", "ucc": "UCC"}
+
+
+def ucc_spec(cfg: Config, plan: DataPlan) -> dict:
+    """TrainJob.ucc: the step's settings, the unlabeled images and the unlabeled batch size."""
+    from raysemi.methods.ucc import UCCSettings
+
+    uc = cfg.ucc
+    settings = {f.name: getattr(uc, f.name) for f in dataclasses.fields(UCCSettings)}
+    return {"settings": settings, "unlabeled": as_rows(plan.unlabeled),
+            "batch_size": uc.unlabeled_batch_size or cfg.train.batch_size, "strong_max_ops": uc.strong_max_ops}
+
+
+def run_ucc(cfg: Config, run: RunDir) -> dict[str, dict]:
+    """Train UCC (and the comparison stages); returns {stage: manifest record}."""
+    plan = plan_data(cfg, run)
+    check_items(plan.labeled + plan.val)
+    if not plan.unlabeled:
+        from raysemi.data.datasets import DataError
+
+        raise DataError("UCC needs unlabeled images: the split left none (data.labeled_fraction is 1?)")
+    init_ray(cfg.ray)
+    jobs = {"ucc": lambda: train_stage(run, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, ucc=ucc_spec(cfg, plan))}
+    if "suponly" in cfg.ucc.compare:  # the single-head model on D_l alone, same schedule
+        jobs["suponly"] = lambda: train_stage(run, "suponly", cfg, cfg.model, plan.labeled, plan)
+    # side by side, as the teachers: each fit() blocks its thread while its own workers train
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        results = {name: futures[name].result() for name in ("suponly", "ucc") if name in futures}
+    print(f"\n{'model':<10} {'val mIoU':>8}")
+    for name, rec in results.items():
+        print(f"{NAMES[name]:<10} {100 * rec['val_miou']:>8.2f}")
+    from raysemi.report import write_report
+
+    print(f"report: {write_report(run.root)}")
+    return results

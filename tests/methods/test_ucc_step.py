@@ -1,0 +1,203 @@
+"""UCC's training step (raysemi.methods.ucc) in plain torch: which view feeds which head, where the
+pseudo labels come from, what copy-paste variants do, and that the DCSCP state survives a checkpoint.
+
+A toy cross-head model makes the wiring checkable by hand: head m's logits are the first C input
+channels times a per-head factor, so every loss can be recomputed from the inputs directly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raysemi.methods.losses import CrossEntropy
+from raysemi.methods.ucc import UCCSettings, UCCStep
+from raysemi.methods.ugrm import cross_supervision_loss
+
+C = 3
+
+
+class ToyCrossHead(nn.Module):
+    """forward(x, rows) -> (a1 * x[rows1, :C], a2 * x[rows2, :C]), the CrossHeadModel contract."""
+
+    def __init__(self, a1: float = 1.0, a2: float = 2.0):
+        super().__init__()
+        self.a1 = nn.Parameter(torch.tensor(a1))
+        self.a2 = nn.Parameter(torch.tensor(a2))
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x, rows=None):
+        self.inputs.append(x)
+        r1, r2 = rows if rows is not None else (slice(None), slice(None))
+        return self.a1 * x[r1, :C], self.a2 * x[r2, :C]
+
+
+def batches(seed=0, n_l=2, n_u=2, size=4):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(n_l, C, size, size, generator=g)
+    mask = torch.randint(0, C, (n_l, size, size), generator=g)
+    u = {"weak": torch.randn(n_u, C, size, size, generator=g),
+         "strong1": torch.randn(n_u, C, size, size, generator=g),
+         "strong2": torch.randn(n_u, C, size, size, generator=g),
+         "ignore": torch.zeros(n_u, size, size, dtype=torch.bool)}
+    u["ignore"][:, -1, :] = True  # the bottom row is padding
+    return image, mask, u
+
+
+def step(**settings) -> UCCStep:
+    return UCCStep(UCCSettings(**{"copy_paste": "none", **settings}), C, CrossEntropy())
+
+
+def test_weak_to_strong_each_head_sees_its_own_strong_view():
+    image, mask, u = batches()
+    model = ToyCrossHead()
+    loss, loss_u, _ = step(lam=2.0)(model, image, mask, u)
+    ce = F.cross_entropy
+    loss_s = ce(1.0 * image, mask) + ce(2.0 * image, mask)
+    # targets from the weak view (both heads), predictions: head 1 on strong 1, head 2 on strong 2
+    want_u, _ = cross_supervision_loss(1.0 * u["strong1"], 2.0 * u["strong2"], (1.0 * u["weak"]).softmax(1),
+                                       (2.0 * u["weak"]).softmax(1), ignore_mask=u["ignore"])
+    assert loss_u.item() == pytest.approx(want_u.item(), rel=1e-6)
+    assert loss.item() == pytest.approx((loss_s + 2.0 * want_u).item(), rel=1e-6)
+    swapped, _ = cross_supervision_loss(1.0 * u["strong2"], 2.0 * u["strong1"], (1.0 * u["weak"]).softmax(1),
+                                        (2.0 * u["weak"]).softmax(1), ignore_mask=u["ignore"])
+    assert abs(swapped.item() - want_u.item()) > 1e-3, "the test must tell the views apart"
+    # the weak forward gave targets only (no grad); then the labeled batch, then [strong 1, strong 2]
+    assert [x.shape[0] for x in model.inputs] == [2, 2, 4]
+    assert torch.equal(model.inputs[2], torch.cat([u["strong1"], u["strong2"]]))
+    loss.backward()
+    assert model.a1.grad is not None and model.a2.grad is not None
+
+
+def test_weak_only_takes_labels_and_predictions_from_one_weak_forward():
+    image, mask, u = batches(1)
+    model = ToyCrossHead()
+    _, loss_u, _ = step(views="w", ugrm=False)(model, image, mask, u)
+    w1, w2 = 1.0 * u["weak"], 2.0 * u["weak"]
+    want, _ = cross_supervision_loss(w1, w2, w1.softmax(1), w2.softmax(1), ignore_mask=u["ignore"], ugrm=False)
+    assert loss_u.item() == pytest.approx(want.item(), rel=1e-6)
+    assert [x.shape[0] for x in model.inputs] == [2, 2], "labeled, then weak: no strong view, no extra forward"
+
+
+def test_strong_only_labels_come_from_the_strong_views():
+    image, mask, u = batches(2)
+    model = ToyCrossHead()
+    _, loss_u, _ = step(views="s")(model, image, mask, u)
+    s1, s2 = 1.0 * u["strong1"], 2.0 * u["strong2"]
+    want, _ = cross_supervision_loss(s1, s2, s1.softmax(1), s2.softmax(1), ignore_mask=u["ignore"])
+    assert loss_u.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_ugrm_reading_and_switch_reach_the_loss():
+    image, mask, u = batches(3)
+    values = {}
+    for key, settings in {"text": {}, "equations": {"ugrm_reading": "equations"}, "off": {"ugrm": False}}.items():
+        _, values[key], _ = step(**settings)(ToyCrossHead(), image, mask, u)
+    assert len({round(v.item(), 6) for v in values.values()}) == 3
+
+
+def test_pasted_pixels_reach_the_strong_views_with_their_ground_truth():
+    # one labeled image, all class 1 except a 2x2 square of class 2; p_apply 1 pastes every time
+    image, mask, u = batches(4, n_l=1, n_u=1)
+    mask[:] = 1
+    mask[0, :2, :2] = 2
+    model = ToyCrossHead()
+    ucc = UCCStep(UCCSettings(copy_paste="cscp", paste_p=1.0), C, CrossEntropy(), seed=0)
+    ucc(model, image, mask, u)
+    x = model.inputs[-1]  # [strong 1, strong 2]
+    # whichever class was drawn, its pixels (by the labeled mask) now hold the labeled image on both views
+    for cls in (1, 2):
+        where = mask[0] == cls
+        if torch.equal(x[0][:, where], image[0][:, where]):
+            assert torch.equal(x[1][:, where], image[0][:, where])
+            assert not torch.equal(x[0][:, ~where], image[0][:, ~where])
+            break
+    else:
+        pytest.fail("no class of the labeled image was pasted onto the strong views")
+
+
+def test_copy_paste_variants_paste_where_they_should_and_only_dynamic_ones_learn_confidence():
+    image, mask, u = batches(5)
+    for variant, cross_set, dynamic in (("cp", False, False), ("dcp", False, True), ("cscp", True, False),
+                                        ("dcscp", True, True)):
+        model = ToyCrossHead()
+        ucc = UCCStep(UCCSettings(copy_paste=variant, paste_p=1.0), C, CrossEntropy())
+        before = ucc.confidence.sigma.copy()
+        ucc(model, image, mask, u)
+        x = model.inputs[-1]
+        strong_unchanged = torch.equal(x[0:2], u["strong1"]) and torch.equal(x[2:4], u["strong2"])
+        assert strong_unchanged is (not cross_set), variant
+        assert (not np.allclose(ucc.confidence.sigma, before)) is dynamic, variant
+
+
+def test_the_dcscp_state_round_trips_through_a_checkpoint():
+    image, mask, u = batches(6)
+    a = UCCStep(UCCSettings(copy_paste="dcscp", paste_p=0.5), C, CrossEntropy(), seed=3)
+    for _ in range(3):
+        a(ToyCrossHead(), image, mask, u)
+    b = UCCStep(UCCSettings(copy_paste="dcscp", paste_p=0.5), C, CrossEntropy(), seed=99)
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(a.confidence.sigma, b.confidence.sigma)
+    ma, mb = ToyCrossHead(), ToyCrossHead()
+    la, _, _ = a(ma, image, mask, u)
+    lb, _, _ = b(mb, image, mask, u)
+    assert torch.equal(ma.inputs[-1], mb.inputs[-1]) and la.item() == lb.item(), "the same pastes after a resume"
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="views"):
+        UCCSettings(views="sw")
+    with pytest.raises(ValueError, match="copy_paste"):
+        UCCSettings(copy_paste="mix")
+
+
+def _rank_step(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    image, mask, u = batches(10 + rank)  # each rank its own labeled batch
+    ucc = UCCStep(UCCSettings(copy_paste="dcscp", paste_p=0.0, confidence_momentum=0.5), C, CrossEntropy(),
+                  rank=rank, world=2)
+    ucc(ToyCrossHead(), image, mask, u)
+    torch.save(ucc.confidence.sigma, f"{out}/sigma{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ranks_keep_one_class_confidence_the_mean_over_all_their_pixels(tmp_path):
+    """Under DDP each rank sees other labeled pixels; the all-reduce makes every rank's sigma the
+    EMA of the mean over both ranks' pixels, so all ranks sample classes alike."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_step, args=(port, str(tmp_path)), nprocs=2)
+    sigma0, sigma1 = (torch.load(tmp_path / f"sigma{r}.pt", weights_only=False) for r in (0, 1))
+    np.testing.assert_array_equal(sigma0, sigma1)
+    # the same update in one process over both ranks' labeled pixels (paste_p 0: nothing pasted)
+    single = UCCStep(UCCSettings(copy_paste="dcscp", paste_p=0.0, confidence_momentum=0.5), C, CrossEntropy())
+    (img0, mask0, _), (img1, mask1, _) = batches(10), batches(11)
+    probs = torch.cat([(F.softmax(1.0 * img0, 1) + F.softmax(2.0 * img0, 1)) / 2,
+                       (F.softmax(1.0 * img1, 1) + F.softmax(2.0 * img1, 1)) / 2])
+    single.confidence.update(probs, torch.cat([mask0, mask1]))
+    np.testing.assert_allclose(sigma0, single.confidence.sigma, rtol=1e-12)
+    alone = UCCStep(UCCSettings(copy_paste="dcscp", paste_p=0.0, confidence_momentum=0.5), C, CrossEntropy())
+    alone.confidence.update((F.softmax(1.0 * img0, 1) + F.softmax(2.0 * img0, 1)) / 2, mask0)
+    assert not np.allclose(sigma0, alone.confidence.sigma), "rank 0 alone would have another sigma"
+
+
+def test_lam_warms_up_along_a_sigmoid_then_stays():
+    s = UCCSettings(lam=2.0, lam_warmup=0.5)
+    assert s.lam_at(0.0) == pytest.approx(2.0 * np.exp(-5.0))
+    assert s.lam_at(0.25) == pytest.approx(2.0 * np.exp(-5.0 * 0.25))  # t = 0.5: exp(-5 * 0.5^2)
+    assert s.lam_at(0.5) == 2.0 and s.lam_at(0.9) == 2.0
+    assert UCCSettings(lam=2.0).lam_at(0.0) == 2.0, "no warm-up: the paper's constant lam"
+    image, mask, u = batches(7)
+    early, _, _ = UCCStep(UCCSettings(copy_paste="none", lam_warmup=0.5), C, CrossEntropy())(
+        ToyCrossHead(), image, mask, u, progress=0.0)
+    late, loss_u, _ = UCCStep(UCCSettings(copy_paste="none", lam_warmup=0.5), C, CrossEntropy())(
+        ToyCrossHead(), image, mask, u, progress=0.6)
+    assert late.item() - early.item() == pytest.approx((2.0 - 2.0 * np.exp(-5.0)) * loss_u.item(), rel=1e-5)

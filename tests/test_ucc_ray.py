@@ -1,0 +1,58 @@
+"""`raysemi ucc` end to end on Ray Train with the smoke config on CamVid: killed after its first
+checkpoint, resumed by the same command, then skipped; the run's table, summary and report."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from raysemi.cli import main
+from raysemi.rundir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+RAYSEMI = [sys.executable, "-m", "raysemi.cli"]
+
+
+def test_smoke_ucc_trains_is_killed_resumes_and_then_skips(camvid_root, tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    # SupOnly has its own tests; here UCC alone, on 1/16 of the labels, keeps the run short
+    cmd = RAYSEMI + ["ucc", "--config", str(REPO / "experiments/smoke/ucc.yaml"), "--run", run.root,
+                     "--data-root", str(camvid_root), "--set", "ucc.compare=[]", "--set", "data.labeled_fraction=1/16"]
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+    metrics_csv = Path(run.path("ucc", "metrics.csv"))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics_csv.exists() and any(r["val_miou"] for r in csv.DictReader(open(metrics_csv))):
+            break  # the first checkpoint (epoch 1 of 2)
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    time.sleep(1.0)  # let the checkpoint land in storage
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = proc.stdout.read()
+    assert "UCC with 4 unlabeled images per batch, views ws, copy-paste dcscp, UGRM text, lam 2" in first, first[-3000:]
+    assert "UGRM keeps" in first
+    assert run.stage("ucc")["status"] == "running"
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "[ucc] resumed from the checkpoint of epoch 1" in log, log[-3000:]
+    rows = list(csv.DictReader(open(metrics_csv)))
+    iters = [int(r["iteration"]) for r in rows if r["loss"]]
+    assert iters == sorted(set(iters)) and iters[-1] == 10  # 23 labeled / batch 4 = 5 steps x 2 epochs
+    assert all(float(r["loss_u"]) >= 0 for r in rows if r["loss"])
+    rec = run.stage("ucc")
+    assert rec["status"] == "done" and 0 < rec["val_miou"] <= 1 and len(rec["iou_per_class"]) == 11
+    assert json.loads(Path(run.path("summary.json")).read_text())["stages"]["ucc"]["status"] == "done"
+    assert any(line.split()[:1] == ["UCC"] for line in log.splitlines()), log[-2000:]
+    report = Path(run.path("report.md")).read_text()
+    assert "ucc" in report and "predictions" in report.lower()
+
+    capsys.readouterr()
+    assert main(cmd[3:]) == 0
+    assert "[ucc] already done with these inputs" in capsys.readouterr().out
