@@ -91,7 +91,7 @@ VOC_LEAVES = [f"voc/rwms_{b}_{p}.yaml" for b in ("r50", "r101") for p in ("1-16"
 CITYSCAPES_LEAVES = [f"cityscapes/rwms_{b}_{p}.yaml" for b in ("r50", "r101") for p in ("1-30", "1-8", "1-4")]
 
 
-@pytest.mark.parametrize("path", [p for p in ALL if rel(p).startswith("voc/")], ids=rel)
+@pytest.mark.parametrize("path", [p for p in ALL if rel(p).startswith("voc/") and not rel(p).startswith("voc/ucc/")], ids=rel)
 def test_voc_family_uses_the_papers_settings(path):
     cfg = load_config(path)
     assert cfg.data.dataset == "voc" and dataset_info(cfg.data.dataset, cfg.data.num_classes).num_classes == 21
@@ -112,7 +112,8 @@ def test_voc_leaves(name):
     _students_see_u_80_times(cfg, VOC_TRAIN_AUG)
 
 
-@pytest.mark.parametrize("path", [p for p in ALL if rel(p).startswith("cityscapes/")], ids=rel)
+@pytest.mark.parametrize("path", [p for p in ALL if rel(p).startswith("cityscapes/") and not rel(p).startswith("cityscapes/ucc/")],
+                         ids=rel)
 def test_cityscapes_family(path):
     cfg = load_config(path)
     assert cfg.data.dataset == "cityscapes" and dataset_info(cfg.data.dataset, cfg.data.num_classes).num_classes == 19
@@ -238,3 +239,82 @@ def test_an_invalid_value_in_a_leaf_is_reported_with_its_file(tmp_path):
     (tmp_path / "leaf.yaml").write_text(f"extends: {EXPERIMENTS / 'camvid' / 'rwms.yaml'}\nrwms: {{phases: 3}}\n")
     with pytest.raises(ConfigError, match=r"rwms.phases.*leaf.yaml"):
         load_config(tmp_path / "leaf.yaml")
+
+
+# ---------------------------------------------------------------- UCC
+
+UCC_PARTS = ("1-16", "1-8", "1-4", "1-2")
+UCC_LEAVES = [f"{family}/ucc/ucc_{b}_{p}.yaml" for family in ("voc", "cityscapes") for b in ("r50", "r101") for p in UCC_PARTS]
+
+
+def test_the_ucc_families_are_there():
+    names = {rel(p) for p in ALL}
+    assert set(UCC_LEAVES) <= names
+    assert {"camvid/ucc.yaml", "smoke/ucc.yaml"} <= names
+    assert {f"camvid/ucc_ablations/{n}.yaml" for n in UCC_CAMVID_ABLATIONS} <= names
+
+
+@pytest.mark.parametrize("name", UCC_LEAVES)
+def test_ucc_leaves_use_the_papers_settings(name):
+    cfg = load(name)
+    voc = name.startswith("voc/")
+    t, uc = cfg.train, cfg.ucc
+    # the paper: VOC lr 0.0005 crop 512, Cityscapes lr 0.004 crop 800; batch 8, wd 5e-4, momentum 0.9, poly 0.9, OHEM
+    assert (t.lr, cfg.data.crop_size) == ((0.0005, [512, 512]) if voc else (0.004, [800, 800]))
+    assert (t.momentum, t.weight_decay, t.poly_power, t.loss) == (0.9, 5e-4, 0.9, "ohem")
+    assert t.use_gpu and t.batch_size * t.num_workers == 8 and uc.unlabeled_batch_size * t.num_workers == 8
+    backbone = "resnet101" if "_r101_" in name else "resnet50"
+    assert (uc.model.arch, uc.model.backbone, uc.model.head_width, uc.model.pretrained) == ("crosshead", backbone, 256, True)
+    assert (cfg.model.arch, cfg.model.backbone) == ("deeplabv3plus", backbone)  # SupOnly: the same network, one head
+    assert (uc.lam, uc.views, uc.ugrm, uc.ugrm_reading, uc.copy_paste, uc.compare) == (2.0, "ws", True, "text", "dcscp", ["suponly"])
+    # epochs over the unlabeled images (UniMatch's 80 on VOC, 240 on Cityscapes), 8 unlabeled per step
+    n_train = VOC_TRAIN_AUG if voc else CITYSCAPES_TRAIN
+    labeled = max(1, round(n_train * parse_fraction(cfg.data.labeled_fraction)))
+    assert cfg.data.labeled_fraction == "1/" + name.rsplit("_1-", 1)[1].removesuffix(".yaml")
+    assert t.iterations == math.ceil((80 if voc else 240) * (n_train - labeled) / 8)
+
+
+@pytest.mark.parametrize("family, part", [(f, p) for f in ("voc", "cityscapes") for p in UCC_PARTS])
+def test_ucc_r101_differs_from_r50_only_in_the_backbones(family, part):
+    assert differing(load(f"{family}/ucc/ucc_r101_{part}.yaml"), load(f"{family}/ucc/ucc_r50_{part}.yaml")) == {
+        "model.backbone", "ucc.model.backbone"}
+
+
+def test_camvid_ucc_matches_the_rwms_benchmark():
+    ucc, rwms = load("camvid/ucc.yaml"), load("camvid/rwms.yaml")
+    assert ucc.data == rwms.data and ucc.model == rwms.teachers.t1  # SupOnly is RWMS's T1
+    assert dataclasses.replace(ucc.train, cpus_per_worker=1) == dataclasses.replace(rwms.train, cpus_per_worker=1)
+    uc = ucc.ucc
+    assert (uc.model.arch, uc.model.backbone, uc.model.head_width) == ("crosshead", "efficientnet_lite0", 128)
+    assert (uc.lam, uc.views, uc.ugrm, uc.copy_paste, uc.compare) == (2.0, "ws", True, "dcscp", ["suponly"])
+
+
+UCC_CAMVID_ABLATIONS = {
+    "no_ws": ("ucc.views", "w"),
+    "s_only": ("ucc.views", "s"),
+    "no_dcscp": ("ucc.copy_paste", "none"),
+    "cp": ("ucc.copy_paste", "cp"),
+    "dcp": ("ucc.copy_paste", "dcp"),
+    "cscp": ("ucc.copy_paste", "cscp"),
+    "no_ugrm": ("ucc.ugrm", False),
+    "ugrm_equations": ("ucc.ugrm_reading", "equations"),
+    "lam_1": ("ucc.lam", 1.0),
+    "cross_model": ("ucc.model.arch", "crossmodel"),
+    "lam_warmup": ("ucc.lam_warmup", 0.5),
+}
+
+
+@pytest.mark.parametrize("name, change", sorted(UCC_CAMVID_ABLATIONS.items()))
+def test_camvid_ucc_ablation_changes_only_its_key(name, change):
+    cfg = load(f"camvid/ucc_ablations/{name}.yaml")
+    key, value = change
+    assert differing(cfg, load("camvid/ucc.yaml")) == {key}
+    assert flat(cfg)[key] == value
+
+
+def test_ucc_config_errors_name_the_key(tmp_path):
+    for bad, key in (("ucc.model.arch=deeplabv3plus", "ucc.model.arch"), ("ucc.views=sw", "ucc.views"),
+                     ("ucc.copy_paste=mix", "ucc.copy_paste"), ("ucc.paste_p=2", "ucc.paste_p"),
+                     ("ucc.strong_max_ops=10", "ucc.strong_max_ops"), ("ucc.compare=[baseline]", "ucc.compare")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(EXPERIMENTS / "smoke/ucc.yaml", [bad])
