@@ -78,3 +78,30 @@ def s3_bucket():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture
+def kill_after_first_checkpoint():
+    """Start a command line in its own process group, wait until `metrics_csv` records its first
+    evaluation (a checkpoint), SIGKILL the whole group, and return what it printed."""
+    import csv
+    import signal
+    import subprocess
+    import time
+
+    def run(cmd: list[str], metrics_csv: Path, timeout: float = 300) -> str:
+        env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True, env=env)
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            if metrics_csv.exists() and any(r["val_miou"] for r in csv.DictReader(open(metrics_csv))):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(1.0)  # let the checkpoint land in storage
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return proc.stdout.read()
+
+    return run

@@ -4,7 +4,6 @@ resumed; bad input stopped before Ray starts."""
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -113,7 +112,7 @@ def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
     assert run.stage("pseudo_teachers")["figures"]["weight_maps"] == run.path("figures", "weight_maps.png")
 
 
-def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_root, capsys):
+def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_root, capsys, kill_after_first_checkpoint):
     """`raysemi rwms` with the smoke config on the run that holds the smoke teachers and pass: they are
     reused; SIGKILL during S1 after its first checkpoint; the same command resumes S1 from it and
     runs every later stage; a third run skips every stage."""
@@ -123,18 +122,8 @@ def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_ro
     cmd = RAYSEMI + ["rwms", "--config", str(REPO / "experiments/smoke/rwms.yaml"), "--run", run.root,
                      "--data-root", str(camvid_root)]
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
     metrics_csv = Path(run.path("s1", "metrics.csv"))
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics_csv.exists() and any(r["val_miou"] for r in csv.DictReader(open(metrics_csv))):
-            break  # S1 reported its first checkpoint (epoch 1 of 2)
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    time.sleep(1.0)  # let the checkpoint land in storage
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    first = proc.stdout.read()
+    first = kill_after_first_checkpoint(cmd, metrics_csv)  # S1's first checkpoint (epoch 1 of 2)
     for stage in ("t1", "t2", "pseudo_teachers"):
         assert f"[{stage}] already done with these inputs" in first, first[-3000:]
     assert run.stage("s1")["status"] == "running"

@@ -3,10 +3,8 @@ checkpoint, resumed by the same command, then skipped; the run's table, summary 
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from raysemi.cli import main
@@ -16,24 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 RAYSEMI = [sys.executable, "-m", "raysemi.cli"]
 
 
-def test_smoke_ucc_trains_is_killed_resumes_and_then_skips(camvid_root, tmp_path, capsys):
+def test_smoke_ucc_trains_is_killed_resumes_and_then_skips(ray_local, camvid_root, tmp_path, capsys,
+                                                          kill_after_first_checkpoint):
     run = RunDir(tmp_path / "run")
     # SupOnly has its own tests; here UCC alone, on 1/16 of the labels, keeps the run short
     cmd = RAYSEMI + ["ucc", "--config", str(REPO / "experiments/smoke/ucc.yaml"), "--run", run.root,
                      "--data-root", str(camvid_root), "--set", "ucc.compare=[]", "--set", "data.labeled_fraction=1/16"]
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
     metrics_csv = Path(run.path("ucc", "metrics.csv"))
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics_csv.exists() and any(r["val_miou"] for r in csv.DictReader(open(metrics_csv))):
-            break  # the first checkpoint (epoch 1 of 2)
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    time.sleep(1.0)  # let the checkpoint land in storage
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    first = proc.stdout.read()
+    first = kill_after_first_checkpoint(cmd, metrics_csv)  # after its first checkpoint (epoch 1 of 2)
     assert "UCC with 4 unlabeled images per batch, views ws, copy-paste dcscp, UGRM text, lam 2" in first, first[-3000:]
     assert "UGRM keeps" in first
     assert run.stage("ucc")["status"] == "running"
