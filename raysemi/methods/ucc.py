@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from raysemi.data.copy_paste import ClassConfidence, dcscp_batch
+from raysemi.data.datasets import IGNORE_INDEX
 from raysemi.methods.ugrm import cross_supervision_loss
 
-IGNORE_INDEX = 255
 COPY_PASTE = ("none", "cp", "dcp", "cscp", "dcscp")
 
 

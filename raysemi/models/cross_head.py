@@ -5,9 +5,9 @@ head, with the same forward contract. Either way `forward(x)` returns `(logits1,
 both upsampled to the input size.
 
 `forward(x, rows=(rows1, rows2))` runs head m on the batch rows `rows_m` only (a slice or an index
-tensor): UCC's training step sends labeled, strong-view-1 and strong-view-2 images through the
-encoder once, and each head sees the labeled images and its own strong view. One forward call, so
-DDP sees every parameter used as in a plain forward.
+tensor): UCC's training step sends its two strong views through the shared encoder in one call and
+head m sees strong view m only. One forward call, so DDP sees every parameter used as in a plain
+forward.
 """
 from __future__ import annotations
 
