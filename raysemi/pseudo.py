@@ -528,6 +528,10 @@ def _execute(job: PassJob, items: list[Item], tmp: str, pc: PseudoConfig) -> int
         if job.ranks_from:  # each row names the file with its rank; in file order, a batch reads few files
             where = ranks_files(job.ranks_from)
             rows = sorted(({**r, "ranks_file": where[r["id"]]} for r in rows), key=lambda r: (r["ranks_file"], r["id"]))
+        # Blocks leave the actor pool in input order, so the table's files hold the same rows in the same
+        # order on every run and cluster layout: students stream the files in a seeded order of their
+        # own, and a rerun (or the run on another cluster) trains the same student.
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         ds = ds.map_batches(Labeler, fn_constructor_kwargs={"job": asdict(job)}, batch_size=pc.batch_size,
                             batch_format="numpy", compute=ActorPoolStrategy(size=pc.actors),
