@@ -78,6 +78,27 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
                                           pseudo_spec(scfg, [(table, everything)], False, False))
         return out
 
+    found = train_students(cfg, run, plan, table, u1, u2, beside=comparisons, two_lanes=bool(rw.compare))
+    if "suponly" in rw.compare and suponly_is_t1:
+        found["suponly"] = teachers["t1"]
+    results = {k: found[k] for k in ("suponly", "baseline", "s1", "rwms") if k in found}
+    _print_table(teachers, results)
+    from raysemi.report import write_report
+
+    print(f"report: {write_report(run.root)}")
+    return results
+
+
+def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: list[Item], u2: list[Item],
+                   beside=None, two_lanes: bool = False) -> dict[str, dict]:
+    """The students (Algorithm 1 steps 4-7) on the pair's table: S1 on D_l + U1, S1's pass over U2,
+    S2 on D_l + U1 + U2 (or, with rwms.phases 1, one student on all of U). `beside`, a function
+    returning {stage: record}, trains beside S1 (the comparison stages). Returns {"s1", "rwms", ...}."""
+    rw = cfg.rwms
+    student: ModelConfig = rw.student or cfg.teachers.t1
+    scfg = student_config(cfg)
+    everything = u1 + u2
+
     def first_student() -> dict[str, dict]:
         if rw.phases == 1:  # one-phase retraining: one student on all of U with the pair's weights
             return {"rwms": train_stage(run, "s1", scfg, student, plan.labeled, plan,
@@ -88,21 +109,14 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
     # S1 and the comparison stages train side by side, as the two teachers do: on a small machine two
     # 1-thread runs get more done than one run with two threads each in turn.
     with ThreadPoolExecutor(2) as pool:
-        compared, trained = pool.submit(comparisons), pool.submit(first_student)
+        compared, trained = pool.submit(beside or dict), pool.submit(first_student)
         found = {**compared.result(), **trained.result()}
     if rw.phases == 2:  # S1's pass over U2, then S2 alone, with the cores of both lanes
         s1_pass = run_pass(run, "s1", [("s1", found["s1"]["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
                            expect={"dataset": cfg.data.dataset, "num_classes": plan.info.num_classes}, ranks_from=table)
-        found["rwms"] = train_stage(run, "s2", _with_both_lanes(scfg, bool(rw.compare)), student, plan.labeled, plan,
+        found["rwms"] = train_stage(run, "s2", _with_both_lanes(scfg, two_lanes), student, plan.labeled, plan,
                                     pseudo_spec(scfg, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong))
-    if "suponly" in rw.compare and suponly_is_t1:
-        found["suponly"] = teachers["t1"]
-    results = {k: found[k] for k in ("suponly", "baseline", "s1", "rwms") if k in found}
-    _print_table(teachers, results)
-    from raysemi.report import write_report
-
-    print(f"report: {write_report(run.root)}")
-    return results
+    return found
 
 
 def _with_both_lanes(cfg: Config, two_lanes: bool) -> Config:
