@@ -93,6 +93,9 @@ class TrainConfig:
     num_workers: int = 1  # Ray Train workers per run
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    # more resources each worker asks for: a cluster's custom resources (a node type, a stand-in for a
+    # GPU in tests) or "accelerator_type:A100"-style keys; placement only, results do not depend on it
+    resources: dict[str, float] = field(default_factory=dict)
     amp: bool = True  # mixed precision, GPU only
     max_failures: int = 0  # Ray Train restarts from the last checkpoint
     seed: int = 0
@@ -114,6 +117,9 @@ class TrainConfig:
             _bad("train.ohem_thresh", self.ohem_thresh, "in (0, 1]")
         if self.eval_crop is not None:
             _check_size("train.eval_crop", self.eval_crop)
+        for name, amount in self.resources.items():
+            if name in ("CPU", "GPU") or amount <= 0:
+                _bad(f"train.resources.{name}", amount, "> 0 for a custom resource (CPU and GPU: cpus_per_worker, use_gpu)")
         if self.max_failures < -1:
             _bad("train.max_failures", self.max_failures, ">= -1 (-1: unlimited)")
 
@@ -393,6 +399,8 @@ def from_dict(cls: type, data: Any, prefix: str = ""):
 def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if tp is Any:
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -408,13 +416,38 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1.0e4 (no sign) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. labeled_fraction: 0.125
     if tp in (int, str, bool) and type(value) is tp:
         return value
     raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
+
+
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """`cfg` with dotted keys set to values ({"rwms.lam": 0.5}), validated like a loaded config.
+    A key that is not a value of the config raises ConfigError naming it."""
+    raw = to_dict(cfg)
+    for dotted, value in values.items():
+        node, parts = raw, dotted.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            raise ConfigError(f"{dotted}: not a value of the config")
+        node[parts[-1]] = value
+    out = from_dict(Config, raw)
+    out.validate()
+    return out
 
 
 def to_dict(cfg: Any) -> dict:

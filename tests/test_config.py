@@ -46,12 +46,22 @@ def test_data_root_flag_wins(tmp_path):
     ("", ["teachers.t3.arch=pspnet"], ["teachers.t3"]),
     ("", ["train.epochs"], ["train.epochs", "key.path=value"]),
     ("- a\n- b\n", [], ["c.yaml", "mapping"]),
+    ("train: {resources: {CPU: 2}}\n", [], ["train.resources.CPU", "cpus_per_worker"]),
+    ("train: {resources: {accel: 0}}\n", [], ["train.resources.accel", "> 0"]),
+    ("train: {resources: [accel]}\n", [], ["train.resources", "mapping"]),
 ])
 def test_bad_input_names_key_and_source(tmp_path, text, overrides, words):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text), overrides)
     for word in words:
         assert word in str(err.value), (word, str(err.value))
+
+
+def test_worker_resources_reach_the_scaling_config(tmp_path):
+    from raysemi.train.ray_fit import scaling_config
+
+    cfg = load_config(write(tmp_path, "train: {resources: {accel: 1, 'node:big': 0.5}, cpus_per_worker: 2}\n"))
+    assert scaling_config(cfg.train).resources_per_worker == {"accel": 1.0, "node:big": 0.5, "CPU": 2}
 
 
 def test_missing_file_is_named(tmp_path):

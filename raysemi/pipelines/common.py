@@ -132,7 +132,8 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
 
     job = make_job(run, stage, cfg, model, train_items, plan, pseudo, ucc)
     # Inputs that change the result; worker counts and logging do not.
-    train_inputs = {k: v for k, v in job.train.items() if k not in ("log_every", "max_failures", "num_workers", "cpus_per_worker")}
+    train_inputs = {k: v for k, v in job.train.items()
+                    if k not in ("log_every", "max_failures", "num_workers", "cpus_per_worker", "resources")}
     tables = [table_meta(s["uri"])["inputs"] for s in pseudo["sources"]] if pseudo else None
     inputs = fingerprint({"model": job.model, "train": train_inputs, "data": [job.dataset, job.train_items, job.val_items,
                           job.crop_size, job.scale, job.image_size], **({"pseudo": [pseudo, tables]} if pseudo else {}),
@@ -151,5 +152,5 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
     return run.update_stage(
         stage, status="done", ended=now(), checkpoint=best, val_miou=metrics.get("best_miou"),
         best_epoch=metrics.get("best_epoch"), iou_per_class=metrics.get("iou_per_class"),
-        loop_started=metrics.get("loop_started"), loop_ended=metrics.get("reported"), error=None)
+        loop_started=metrics.get("loop_started"), loop_ended=metrics.get("reported"), node=metrics.get("node"), error=None)
 

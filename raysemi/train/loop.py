@@ -94,8 +94,9 @@ class _Session:
 
             ctx = ray.train.get_context()
             self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+            self.node = ray.get_runtime_context().get_node_id()  # rank 0's, in the manifest: where a stage ran
         else:
-            self.rank, self.world = 0, 1
+            self.rank, self.world, self.node = 0, 1, None
 
     def device(self) -> torch.device:
         if self.ray:
@@ -330,7 +331,7 @@ def _train(job: TrainJob) -> dict:
         log.row(epoch=epoch + 1, iteration=(epoch + 1) * iters_per_epoch, loss="", loss_u="", lr="", val_miou=f"{miou:.5f}")
         metrics = {"epoch": epoch + 1, "val_miou": miou, "best_miou": best_miou, "best_epoch": best_epoch,
                    "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)],
-                   "loop_started": loop_started, "reported": time.time(),
+                   "loop_started": loop_started, "reported": time.time(), "node": session.node,
                    # steady state: the first iterations warm up allocators and caches
                    "median_step_s": float(np.median(step_times[5:] or step_times or [0.0]))}
         with tempfile.TemporaryDirectory() as tmp:
