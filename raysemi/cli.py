@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "images, and the ucc.compare stages beside it, then the report; a rerun resumes or skips")
     _common(p)
 
+    p = sub.add_parser("tune", help="Ray Tune sweep (ASHA on val mIoU) over the students of RWMS (rwms.*, "
+                       "pseudo.a/b/rho; teachers and pass run once) or over UCC (ucc.*); writes RUN/tune/results.csv, "
+                       "best.yaml and miou.png")
+    _common(p)
+    p.add_argument("--space", required=True, help="search space YAML (see experiments/*/tune_*.yaml)")
+
     p = sub.add_parser("split", help="write labeled/unlabeled split files for a fraction and a seed")
     _common(p, run_required=False)
     p.add_argument("--fraction", help="labeled fraction, e.g. 1/8 (default: data.labeled_fraction)")
@@ -104,6 +110,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "pseudo-label":  # the flags are config values: config.yaml records them
         args.set += ["pseudo.skip_bad=true"] * args.skip_bad + ["pseudo.write_weights=true"] * args.write_weights
     cfg = load_config(args.config, args.set, args.data_root)  # validated before any Ray work
+    space = None
+    if args.command == "tune":
+        from raysemi.sweep_space import load_space
+
+        space = load_space(args.space, cfg)
     run = None
     if args.run:
         from raysemi.rundir import RunDir
@@ -123,6 +134,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from raysemi.pipelines.ucc import run_ucc
 
         run_ucc(cfg, run)
+    elif args.command == "tune":
+        from raysemi.pipelines.tune import run_tune
+
+        run.write_text("tune/space.yaml", dump_yaml(space))
+        run_tune(cfg, space, run)
     elif args.command == "pseudo-label":
         from raysemi.pipelines.pseudo import run_pseudo
 

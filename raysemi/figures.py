@@ -138,3 +138,28 @@ def weight_heatmaps(rows: list[dict], images: list[np.ndarray], a: float, b: flo
 def figure_paths(figures_dir) -> dict[str, str]:
     """Where a pass's figures go: FIG_DIR/reliability_hist.png and FIG_DIR/weight_maps.png."""
     return {name: storage.join(figures_dir, f"{name}.png") for name in ("reliability_hist", "weight_maps")}
+
+
+def sweep_plot(rows: list[dict], params: list[str], path) -> str:
+    """val mIoU against each swept parameter (one panel each): finished trials filled, trials that
+    ASHA stopped hollow (their best report so far), failed trials left out. Text values (ucc.views)
+    are placed at evenly spaced positions."""
+    fig = _figure(3.2 * len(params), 3.0)
+    axes = fig.subplots(1, len(params), squeeze=False)[0]
+    scored = [r for r in rows if not r["status"].startswith("error") and not np.isnan(float(r["val_miou"]))]
+    for ax, key in zip(axes, params):
+        values = [r[key] for r in scored]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        labels = sorted({str(v) for v in values})
+        x = [float(v) if numeric else labels.index(str(v)) for v in values]
+        for done, style in ((True, {"color": RELIABLE_COLOUR}), (False, {"facecolors": "none", "edgecolors": UNRELIABLE_COLOUR})):
+            pick = [i for i, r in enumerate(scored) if (r["status"] == "completed") == done]
+            ax.scatter([x[i] for i in pick], [100 * float(scored[i]["val_miou"]) for i in pick], s=30,
+                       label="finished" if done else "stopped by ASHA", **style)
+        if not numeric:
+            ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlabel(key)
+        ax.set_ylabel("val mIoU (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)

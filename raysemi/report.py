@@ -44,8 +44,8 @@ def write_report(location: str, n_images: int = 4) -> str:
         raise FileNotFoundError(f"run directory {location} does not exist")
     run = RunDir(location)
     stages = run.manifest()["stages"]
-    # pseudo-label passes are the manifest's `pseudo_<name>` stages; every other stage trains a model
-    training = {name: rec for name, rec in stages.items() if not name.startswith("pseudo")}
+    # pseudo-label passes are the manifest's `pseudo_<name>` stages, a sweep is `tune`; every other stage trains a model
+    training = {name: rec for name, rec in stages.items() if not name.startswith("pseudo") and name != "tune"}
     finished = [name for name, rec in training.items() if rec.get("status") == "done"]
     models, problems = _load_models(run, {name: training[name] for name in finished})
     lines = [*_title(run, stages), "## Stages", "", *_stage_table(stages), ""]
@@ -55,6 +55,7 @@ def write_report(location: str, n_images: int = 4) -> str:
     lines += _class_section(training, finished, models)
     for name, rec in stages.items():
         lines += _pseudo_section(run, name, rec) if name.startswith("pseudo") else []
+    lines += _sweep_section(run, stages["tune"]) if "tune" in stages else []
     lines += _loss_section(run, training)
     lines += _prediction_section(run, training, models, n_images)
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines))  # sections pad with blank lines: keep one between blocks
@@ -161,6 +162,26 @@ def _pseudo_section(run: RunDir, name: str, rec: dict) -> list[str]:
         copy = f"{FIGURE_DIR}/{name}-{os.path.basename(rel)}"
         run.write_bytes(copy, run.read_bytes(rel))
         lines += ["", f"![{fig}]({copy})"]
+    return lines
+
+
+def _sweep_section(run: RunDir, rec: dict) -> list[str]:
+    """`raysemi tune`: the results table (best first) and mIoU against each parameter."""
+    import csv
+
+    lines = ["", f"## Sweep ({rec.get('status', 'unknown')})", ""]
+    if not run.exists("tune/results.csv"):
+        return lines + ["No results yet (the sweep has not finished)."]
+    rows = list(csv.DictReader(io.StringIO(run.read_text("tune/results.csv"))))
+    params = [k for k in (rows[0] if rows else {}) if "." in k]  # the swept keys are dotted config paths
+    lines += _table(["trial", *params, "val mIoU", "reports", "status"],
+                    [[r["trial_id"], *(r[k] for k in params), _percent(float(r["val_miou"])), r["reports"], r["status"]]
+                     for r in rows])
+    if rec.get("best"):
+        lines += ["", f"Best finished trial as a config: `{rec['best']}`."]
+    if run.exists("tune/miou.png"):
+        run.write_bytes(f"{FIGURE_DIR}/tune-miou.png", run.read_bytes("tune/miou.png"))
+        lines += ["", f"![val mIoU against each parameter]({FIGURE_DIR}/tune-miou.png)"]
     return lines
 
 

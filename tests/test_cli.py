@@ -1,4 +1,6 @@
 """The command line: bad input fails with a message naming the key or path, before Ray starts."""
+from pathlib import Path
+
 from raysemi.cli import main
 
 
@@ -29,3 +31,14 @@ def test_split_command_writes_files(synthetic_root, tmp_path, capsys):
     assert all(len(line.split()) == 2 for line in labeled) and all(len(line.split()) == 1 for line in unlabeled)
     assert main(args) == 0
     assert (tmp_path / "s" / "labeled.txt").read_text().split("\n")[:3] == labeled  # same seed, same split
+
+
+def test_tune_with_a_bad_space_fails_before_ray(tmp_path, capsys):
+    import ray
+
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  teachers.t1.arch: {grid: [pspnet]}\n")
+    assert main(["tune", "--config", str(Path(__file__).resolve().parents[1] / "experiments/smoke/rwms.yaml"), "--space", str(space), "--run", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "raysemi tune: error: params.teachers.t1.arch: cannot be swept" in err and str(space) in err
+    assert not ray.is_initialized() and not (tmp_path / "r").exists()

@@ -16,7 +16,8 @@ from raysemi.data.splits import parse_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
-ALL = sorted(EXPERIMENTS.rglob("*.yaml"))
+SPACES = sorted(EXPERIMENTS.rglob("tune_*.yaml"))  # search spaces of `raysemi tune`, not configs
+ALL = sorted(set(EXPERIMENTS.rglob("*.yaml")) - set(SPACES))
 
 VOC_TRAIN_AUG = 10582  # VOC 2012 train + SBD
 CITYSCAPES_TRAIN = 2975
@@ -321,3 +322,15 @@ def test_ucc_config_errors_name_the_key(tmp_path):
                      ("ucc.strong_max_ops=10", "ucc.strong_max_ops"), ("ucc.compare=[baseline]", "ucc.compare")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(EXPERIMENTS / "smoke/ucc.yaml", [bad])
+
+
+@pytest.mark.parametrize("path", SPACES, ids=rel)
+def test_every_search_space_loads_against_the_config_its_header_names(path):
+    """Each space's first lines give the command to run it: the space loads against that config."""
+    from raysemi.sweep_space import load_space
+
+    command = next(line for line in path.read_text().splitlines() if "raysemi tune --config" in line)
+    config = command.split("--config ")[1].split()[0]
+    assert command.split("--space ")[1].split()[0] == f"experiments/{rel(path)}"
+    space = load_space(path, load_config(REPO / config))
+    assert space.method in path.name and space.trials() >= 4

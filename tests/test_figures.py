@@ -79,3 +79,16 @@ def test_figure_paths(tmp_path):
     paths = figure_paths(tmp_path / "figures")
     assert paths == {"reliability_hist": str(tmp_path / "figures" / "reliability_hist.png"),
                      "weight_maps": str(tmp_path / "figures" / "weight_maps.png")}
+
+
+def test_sweep_plot_one_panel_per_parameter(tmp_path):
+    from raysemi.figures import sweep_plot
+
+    rows = [{"rwms.lam": 0.5, "ucc.views": "ws", "val_miou": 0.41, "status": "completed"},
+            {"rwms.lam": 2.0, "ucc.views": "w", "val_miou": 0.30, "status": "stopped by ASHA"},
+            {"rwms.lam": 1.0, "ucc.views": "s", "val_miou": float("nan"), "status": "error: RuntimeError: x"}]
+    path = sweep_plot(rows, ["rwms.lam", "ucc.views"], tmp_path / "miou.png")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.size == (640, 300)  # two panels of 3.2 x 3.0 inches at 100 dpi

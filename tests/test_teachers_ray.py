@@ -154,3 +154,66 @@ def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_ro
     again = capsys.readouterr().out
     for stage in ("t1", "t2", "pseudo_teachers", "s1", "pseudo_s1", "s2", "baseline"):
         assert f"[{stage}] already done with these inputs" in again, stage
+
+
+def test_sweep_reuses_the_teachers_and_asha_stops_the_diverging_trials(teachers_run, camvid_root, tmp_path, capsys):
+    """`raysemi tune` on the run that holds the smoke teachers and pass: 4 one-phase trials of 6 epochs
+    (lam 1 and 1e4 x rho 0.3 and 0.7), two at a time. lam 1e4 makes SGD diverge; those two trials start
+    after the lam-1 ones (the grid's first key varies slowest), so at the rung of the second report
+    they meet the lam-1 trials' values and ASHA stops them there, with 4 of 6 epochs to go (Tune's
+    decision takes a moment to reach a trial; a trial about to end may finish first). At the first
+    report every student is still near a one-class guess, hence grace_period 2. The teachers and
+    their pass are not trained again; no reservation is left behind; a rerun answers from the results."""
+    import ray
+    from raysemi.pipelines.pseudo import run_pseudo
+    from raysemi.pipelines.tune import run_tune
+    from raysemi.sweep_space import load_space
+
+    _, run, _ = teachers_run
+    cfg = load_config(REPO / "experiments/smoke/rwms.yaml", ["rwms.phases=1", "rwms.compare=[]", "rwms.iterations=66"],
+                      str(camvid_root))  # 46 labeled / batch 4: 11 steps an epoch, 6 epochs
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("method: rwms\nmax_concurrent_trials: 2\nasha: {grace_period: 2, reduction_factor: 2}\n"
+                          "params:\n  rwms.lam: {grid: [1.0, 1.0e4]}\n  pseudo.rho: {grid: [0.3, 0.7]}\n")
+    run_pseudo(cfg, run)  # done by an earlier test (skipped then), or now when this test runs alone
+    shared = {s: run.stage(s)["ended"] for s in ("t1", "t2", "pseudo_teachers")}
+    rows = run_tune(cfg, load_space(space_file, cfg), run)
+
+    assert len(rows) == 4
+    good = [r for r in rows if r["rwms.lam"] == 1.0]
+    diverged = [r for r in rows if r["rwms.lam"] == 1.0e4]
+    assert [(r["status"], r["reports"]) for r in good] == [("completed", 6)] * 2, rows
+    assert [r["status"] for r in diverged] == ["stopped by ASHA"] * 2 and all(2 <= r["reports"] < 6 for r in diverged), rows
+    assert rows[0] in good and min(r["val_miou"] for r in good) > max(r["val_miou"] for r in diverged)
+    # the shared stages were reused: not retrained, and no trial has teachers or a teacher pass
+    assert {s: run.stage(s)["ended"] for s in shared} == shared
+    assert len(list(Path(run.path("ray")).glob("t1-*"))) == 1
+    sizes = {}
+    for r in rows:
+        trial = RunDir(r["trial_dir"])
+        assert set(trial.manifest()["stages"]) == {"s1"}
+        assert load_config(trial.path("config.yaml")).pseudo.rho == r["pseudo.rho"]
+        reliable = [x for x in Path(trial.path("splits", "reliable.txt")).read_text().split("\n") if x]
+        unreliable = [x for x in Path(trial.path("splits", "unreliable.txt")).read_text().split("\n") if x]
+        assert len(reliable) + len(unreliable) == 321
+        sizes[r["pseudo.rho"]] = len(reliable)
+    assert sizes[0.3] < sizes[0.7]
+    # outputs: the table, the best finished trial as a config, the plot
+    assert len(Path(run.path("tune", "results.csv")).read_text().strip().split("\n")) == 5
+    best = load_config(run.path("tune", "best.yaml"))
+    assert (best.rwms.lam, best.pseudo.rho, best.rwms.phases) == (1.0, rows[0]["pseudo.rho"], 1)
+    assert Path(run.path("tune", "miou.png")).stat().st_size > 1000
+    report = Path(run.path("report.md")).read_text()
+    assert "## Sweep (done)" in report and f"| {rows[0]['trial_id']} | 1.0 |" in report
+
+    capsys.readouterr()
+    again = run_tune(cfg, load_space(space_file, cfg), run)
+    assert "[tune] already done with these inputs: 4 trials" in capsys.readouterr().out
+    assert [(r["trial_id"], r["status"]) for r in again] == [(r["trial_id"], r["status"]) for r in rows]
+
+    # nothing left reserved: not the stopped trials' Train workers, nor any placement group
+    deadline = time.time() + 30  # trial actors release their CPUs asynchronously
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] - 1e-6 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == pytest.approx(ray.cluster_resources()["CPU"])
+    assert not [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]

@@ -29,7 +29,7 @@ def init_ray(rc: RayConfig) -> None:
 def scaling_config(tc: TrainConfig):
     from ray.train import ScalingConfig
 
-    resources = {"CPU": tc.cpus_per_worker}
+    resources = {**tc.resources, "CPU": tc.cpus_per_worker}
     if tc.use_gpu:
         resources["GPU"] = 1
     return ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources)
@@ -53,10 +53,11 @@ def fit(job: TrainJob, tc: TrainConfig, storage_path: str, run_name: str, best_t
         scaling_config=scaling_config(tc),
         run_config=RunConfig(
             name=run_name,
-            **_storage(storage_path),
+            **storage_args(storage_path),
             failure_config=FailureConfig(max_failures=tc.max_failures),
             # the latest checkpoint also carries the best model, so one is enough
             checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=_tune_callbacks(),
         ),
     )
     result = trainer.fit()
@@ -67,7 +68,18 @@ def fit(job: TrainJob, tc: TrainConfig, storage_path: str, run_name: str, best_t
     return dict(result.metrics or {})
 
 
-def _storage(location: str) -> dict:
+def _tune_callbacks() -> list:
+    """Inside a Tune trial (raysemi tune), forward every report to Tune, whose scheduler reads val_miou
+    and may stop the trial; elsewhere none. TuneReportCallback refuses to exist outside a trial."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    try:
+        return [TuneReportCallback()]
+    except RuntimeError:
+        return []
+
+
+def storage_args(location: str) -> dict:
     """RunConfig's storage arguments: a local path, or a URI as a pyarrow filesystem plus a path
     without scheme (how Ray Train takes an endpoint such as a MinIO or moto server)."""
     if not storage.is_uri(location):
