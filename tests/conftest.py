@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,9 +32,21 @@ def ray_local():
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=4, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_tmpdir(monkeypatch):
+    """A short private RAY_TMPDIR (Ray's socket paths must stay short), removed afterwards: a
+    `ray.cluster_utils.Cluster` writes its head's address there, and a plain `ray.init()` elsewhere
+    on this machine must not find it."""
+    path = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", path)
+    monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
