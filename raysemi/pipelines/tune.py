@@ -2,7 +2,7 @@
 
 Train V2 + Tune, as in Ray's train_tune_interop example: each trial is a plain function that runs
 the method's training stages, each one a `TorchTrainer` whose reports reach Tune through
-`TuneReportCallback` (raysemi.train.ray_fit); ASHA reads val_miou at every report and stops the
+`TuneReportCallback` (raysemi.train.ray_fit.reporting_to_tune); ASHA reads val_miou at every report and stops the
 weak trials. For RWMS the teachers and the pair's pass run once, in the sweep's run directory,
 before any trial: a and b only weigh the stored ranks and rho only re-splits the stored
 reliabilities, so a trial trains students (and runs S1's pass) and nothing else.
@@ -27,7 +27,7 @@ from raysemi.config import Config, dump_yaml, from_dict, to_dict, with_values
 from raysemi.pipelines.common import check_items, plan_data, train_stage
 from raysemi.rundir import RunDir, fingerprint, now
 from raysemi.sweep_space import SweepSpace, param_space
-from raysemi.train.ray_fit import init_ray, storage_args
+from raysemi.train.ray_fit import init_ray, reporting_to_tune, storage_args
 
 STAGE = "tune"
 # What the trial function itself reserves: it only waits on its TorchTrainers and passes, which hold
@@ -143,15 +143,17 @@ def run_trial(params: dict, *, base: dict, root: str, method: str, reuse: bool) 
         from raysemi.pipelines.ucc import ucc_spec
 
         plan = plan_data(cfg, trial)
-        final = train_stage(trial, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, ucc=ucc_spec(cfg, plan))
+        with reporting_to_tune():
+            final = train_stage(trial, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, ucc=ucc_spec(cfg, plan))
     else:
         if not reuse:  # what a sweep costs without reuse (benchmarks/tune_reuse.py): own teachers and pass
             from raysemi.pipelines.pseudo import run_pseudo
             from raysemi.pipelines.teachers import run_teachers
 
-            run_teachers(cfg, trial)
+            run_teachers(cfg, trial)  # not reported: ASHA compares the trials' students
             run_pseudo(cfg, trial)
-        final = _students_on_shared_pass(cfg, RunDir(root) if reuse else trial, trial)
+        with reporting_to_tune():
+            final = _students_on_shared_pass(cfg, RunDir(root) if reuse else trial, trial)
     trial.write_text("trial.json", json.dumps({"trial_id": trial_id, "params": params, "completed": True,
                                                "val_miou": final["val_miou"], "minutes": (time.time() - t0) / 60}))
 

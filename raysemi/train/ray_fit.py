@@ -1,6 +1,7 @@
 """Launch a TrainJob as a Ray Train `TorchTrainer` run and bring back its best model."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -68,15 +69,29 @@ def fit(job: TrainJob, tc: TrainConfig, storage_path: str, run_name: str, best_t
     return dict(result.metrics or {})
 
 
+_REPORT_TO_TUNE = False  # set by `reporting_to_tune` in a Tune trial's process
+
+
+@contextmanager
+def reporting_to_tune():
+    """In a Tune trial (raysemi tune): the training stages started inside the block, from any thread,
+    forward every report to Tune, whose scheduler reads val_miou and may stop the trial. Only the
+    trial's own models report: stages trained beside them (a trial's own teachers) must not, or two
+    runs would feed one trial's metric stream (and Tune's queue takes one reporter at a time)."""
+    global _REPORT_TO_TUNE
+    _REPORT_TO_TUNE = True
+    try:
+        yield
+    finally:
+        _REPORT_TO_TUNE = False
+
+
 def _tune_callbacks() -> list:
-    """Inside a Tune trial (raysemi tune), forward every report to Tune, whose scheduler reads val_miou
-    and may stop the trial; elsewhere none. TuneReportCallback refuses to exist outside a trial."""
+    if not _REPORT_TO_TUNE:
+        return []
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    try:
-        return [TuneReportCallback()]
-    except RuntimeError:
-        return []
+    return [TuneReportCallback()]
 
 
 def storage_args(location: str) -> dict:
