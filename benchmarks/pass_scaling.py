@@ -1,0 +1,83 @@
+"""The pseudo-label pass on a local multi-node cluster with 1 and then 2 worker nodes: images per second.
+
+Each run starts a `ray.cluster_utils.Cluster` (a head without CPUs, so nothing runs there, and N worker
+nodes of 2 logical CPUs), and labels CamVid's unlabeled images with the two teachers of a finished run,
+one 1-CPU actor per worker node (Ray Data spreads the pool's actors over the nodes). The caveat: the
+"nodes" are processes on this one machine and share its cores, so 2 nodes can at best use the two
+physical cores that 1 node leaves half idle; on a real cluster each node brings its own.
+
+    make demo   # or any run whose teachers finished
+    .venv/bin/python benchmarks/pass_scaling.py --run runs/demo [--data-root DIR] [--nodes 1 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+from raysemi.config import PseudoConfig, load_config
+from raysemi.pipelines.common import plan_data
+from raysemi.pipelines.pseudo import teacher_checkpoints
+from raysemi.pseudo import run_pass
+from raysemi.rundir import RunDir
+
+
+def one(nodes: int, checkpoints, items, batch: int, tmp: str) -> tuple[float, set]:
+    """Seconds of the pass (actor start-up included) and the nodes its labeling actors ran on."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        workers = {cluster.add_node(num_cpus=2).node_id for _ in range(nodes)}
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        try:
+            t0 = time.time()
+            rec = run_pass(RunDir(os.path.join(tmp, f"nodes-{nodes}")), "bench", checkpoints, items,
+                           PseudoConfig(actors=nodes, cpus_per_actor=1, batch_size=batch))
+            seconds = time.time() - t0
+            used = {a["Address"]["NodeID"] for a in cluster.global_state.actor_table(None).values()
+                    if a["ActorClassName"] == "MapWorker(MapBatches(Labeler))"}
+        finally:
+            ray.shutdown()
+    finally:
+        cluster.shutdown()
+    assert rec["rows"] == len(items) and used <= workers
+    return seconds, used
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/demo", help="a run whose teachers t1 and t2 finished")
+    ap.add_argument("--data-root")
+    ap.add_argument("--nodes", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batch", type=int, default=8)
+    args = ap.parse_args()
+
+    run = RunDir(args.run)
+    cfg = load_config(run.path("config.yaml"), [], args.data_root)
+    items = plan_data(cfg, run, write=False).unlabeled
+    checkpoints = teacher_checkpoints(run)
+    tmp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths live under RAY_TMPDIR
+    os.environ["RAY_TMPDIR"] = tmp  # the cluster's address stays private to this process
+    results = {}
+    try:
+        for n in args.nodes:
+            results[n] = one(n, checkpoints, items, args.batch, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\nPseudo-label pass, {len(items)} CamVid images, teachers of {args.run}, one 1-CPU actor per "
+          f"worker node, batch {args.batch} (nodes share this machine's cores)")
+    print(f"{'worker nodes':>12} {'nodes used':>10} {'seconds':>8} {'images/s':>9} {'speed-up':>9}")
+    base = len(items) / results[args.nodes[0]][0]
+    for n, (seconds, used) in results.items():
+        rate = len(items) / seconds
+        print(f"{n:>12} {len(used):>10} {seconds:>8.1f} {rate:>9.2f} {rate / base:>8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
