@@ -129,6 +129,13 @@ def run_tune(cfg: Config, space: SweepSpace, run: RunDir) -> list[dict]:
     return rows
 
 
+def trial_dir(root: str, trial_id: str) -> str:
+    """A trial's run directory, trials/<trial id>/ of the sweep's (a URI keeps its query string)."""
+    from raysemi import storage
+
+    return storage.join(root, "trials", trial_id)
+
+
 def run_trial(params: dict, *, base: dict, root: str, method: str, reuse: bool) -> None:
     """One trial (runs in a Tune trial actor): the config with the trial's values, in its own run
     directory trials/<trial id>/; its training stages report to Tune as they go."""
@@ -136,7 +143,7 @@ def run_trial(params: dict, *, base: dict, root: str, method: str, reuse: bool) 
 
     cfg = with_values(from_dict(Config, base), params)
     trial_id = tune.get_context().get_trial_id()
-    trial = RunDir(f"{root}/trials/{trial_id}")
+    trial = RunDir(trial_dir(root, trial_id))
     trial.write_text("config.yaml", dump_yaml(cfg))
     t0 = time.time()
     if method == "ucc":
@@ -181,7 +188,7 @@ def _rows(run: RunDir, grid, space: SweepSpace) -> list[dict]:
         frame = result.metrics_dataframe
         reported = [] if frame is None or "val_miou" not in frame else [float(v) for v in frame["val_miou"].dropna()]
         trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]  # see _trial_dirname
-        done_file = storage.join(run.root, "trials", trial_id, "trial.json")
+        done_file = storage.join(trial_dir(run.root, trial_id), "trial.json")
         done = json.loads(storage.read_text(done_file)) if storage.is_file(done_file) else None
         if result.error is not None:
             status = f"error: {type(result.error).__name__}: {result.error}".splitlines()[0][:200]
@@ -191,7 +198,7 @@ def _rows(run: RunDir, grid, space: SweepSpace) -> list[dict]:
         rows.append({"trial_id": trial_id, **{k: result.config.get(k) for k in space.params},
                      "val_miou": miou, "reports": len(reported), "status": status,
                      "minutes": round(done["minutes"], 2) if done else "",
-                     "trial_dir": storage.join(run.root, "trials", trial_id)})
+                     "trial_dir": trial_dir(run.root, trial_id)})
     rows.sort(key=lambda r: (r["status"] != "completed", -(r["val_miou"] if not math.isnan(r["val_miou"]) else -1)))
     return rows
 
