@@ -24,8 +24,20 @@ from raysemi.pseudo import run_pass
 from raysemi.rundir import RunDir
 
 
-def one(nodes: int, checkpoints, items, batch: int, tmp: str) -> tuple[float, set]:
-    """Seconds of the pass (actor start-up included) and the nodes its labeling actors ran on."""
+def cpu_times() -> tuple[int, int]:
+    """This machine's (busy, total) CPU time in clock ticks, all cores and processes (/proc/stat)."""
+    ticks = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def busy_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    return 100.0 * (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
+def one(nodes: int, checkpoints, items, batch: int, tmp: str) -> tuple[float, set, float]:
+    """Seconds of the pass (actor start-up included), the nodes its labeling actors ran on, and how
+    busy this machine's cores were meanwhile (percent, all processes)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -35,10 +47,12 @@ def one(nodes: int, checkpoints, items, batch: int, tmp: str) -> tuple[float, se
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
         try:
+            cpu0 = cpu_times()
             t0 = time.time()
             rec = run_pass(RunDir(os.path.join(tmp, f"nodes-{nodes}")), "bench", checkpoints, items,
                            PseudoConfig(actors=nodes, cpus_per_actor=1, batch_size=batch))
             seconds = time.time() - t0
+            busy = busy_percent(cpu0, cpu_times())
             used = {a["Address"]["NodeID"] for a in cluster.global_state.actor_table(None).values()
                     if a["ActorClassName"] == "MapWorker(MapBatches(Labeler))"}
         finally:
@@ -46,7 +60,7 @@ def one(nodes: int, checkpoints, items, batch: int, tmp: str) -> tuple[float, se
     finally:
         cluster.shutdown()
     assert rec["rows"] == len(items) and used <= workers
-    return seconds, used
+    return seconds, used, busy
 
 
 def main() -> None:
@@ -72,11 +86,11 @@ def main() -> None:
 
     print(f"\nPseudo-label pass, {len(items)} CamVid images, teachers of {args.run}, one 1-CPU actor per "
           f"worker node, batch {args.batch} (nodes share this machine's cores)")
-    print(f"{'worker nodes':>12} {'nodes used':>10} {'seconds':>8} {'images/s':>9} {'speed-up':>9}")
+    print(f"{'worker nodes':>12} {'nodes used':>10} {'seconds':>8} {'images/s':>9} {'speed-up':>9} {'cores busy':>10}")
     base = len(items) / results[args.nodes[0]][0]
-    for n, (seconds, used) in results.items():
+    for n, (seconds, used, busy) in results.items():
         rate = len(items) / seconds
-        print(f"{n:>12} {len(used):>10} {seconds:>8.1f} {rate:>9.2f} {rate / base:>8.2f}x")
+        print(f"{n:>12} {len(used):>10} {seconds:>8.1f} {rate:>9.2f} {rate / base:>8.2f}x {busy:>9.0f}%")
 
 
 if __name__ == "__main__":
