@@ -528,11 +528,12 @@ def _execute(job: PassJob, items: list[Item], tmp: str, pc: PseudoConfig) -> int
         if job.ranks_from:  # each row names the file with its rank; in file order, a batch reads few files
             where = ranks_files(job.ranks_from)
             rows = sorted(({**r, "ranks_file": where[r["id"]]} for r in rows), key=lambda r: (r["ranks_file"], r["id"]))
+        ds = ray.data.from_items(rows, override_num_blocks=blocks)
         # Blocks leave the actor pool in input order, so the table's files hold the same rows in the same
         # order on every run and cluster layout: students stream the files in a seeded order of their
-        # own, and a rerun (or the run on another cluster) trains the same student.
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
-        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        # own, and a rerun (or the run on another cluster) trains the same student. Set on this dataset's
+        # own context (a copy, shared by the datasets derived from it), not the process-wide one.
+        ds.context.execution_options.preserve_order = True
         ds = ds.map_batches(Labeler, fn_constructor_kwargs={"job": asdict(job)}, batch_size=pc.batch_size,
                             batch_format="numpy", compute=ActorPoolStrategy(size=pc.actors),
                             num_cpus=pc.cpus_per_actor, num_gpus=pc.gpus_per_actor)
