@@ -186,6 +186,9 @@ class RWMSConfig:
     split: Literal["reliability", "random"] = "reliability"
     reweight: bool = True
     strong: bool = True  # photometric strong augmentation of pseudo-labeled images (never of labeled ones)
+    # with strong: the probability that a pseudo-labeled crop gets a CutMix box from another one of
+    # its batch (raysemi.data.cutmix); 0 = the paper's jitter, grayscale and blur only
+    cutmix: float = 0.0
     lam: float = 1.0  # L = L_s + lam * L_u
     pseudo_batch_size: int | None = None  # pseudo-labeled images per batch; default: train.batch_size
     iterations: int | None = None  # the students' schedule; default: train.iterations / train.epochs
@@ -199,6 +202,8 @@ class RWMSConfig:
             _bad("rwms.phases", self.phases, "1 or 2")
         if self.lam < 0:
             _bad("rwms.lam", self.lam, ">= 0")
+        if not 0 <= self.cutmix <= 1:
+            _bad("rwms.cutmix", self.cutmix, "a probability in [0, 1]")
         if self.pseudo_batch_size is not None and self.pseudo_batch_size < 1:
             _bad("rwms.pseudo_batch_size", self.pseudo_batch_size, ">= 1")
         for key in ("iterations", "cpus_per_worker"):

@@ -49,6 +49,7 @@ def test_data_root_flag_wins(tmp_path):
     ("train: {resources: {CPU: 2}}\n", [], ["train.resources.CPU", "cpus_per_worker"]),
     ("train: {resources: {accel: 0}}\n", [], ["train.resources.accel", "> 0"]),
     ("train: {resources: [accel]}\n", [], ["train.resources", "mapping"]),
+    ("", ["rwms.cutmix=1.5"], ["rwms.cutmix", "1.5", "[0, 1]"]),
 ])
 def test_bad_input_names_key_and_source(tmp_path, text, overrides, words):
     with pytest.raises(ConfigError) as err:

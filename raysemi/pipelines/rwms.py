@@ -32,9 +32,11 @@ def student_config(cfg: Config) -> Config:
 
 
 def pseudo_spec(cfg: Config, sources: list[tuple[str, list[Item]]], reweight: bool, strong: bool) -> dict:
-    """TrainJob.pseudo for a student: [(table, items)] and how to weigh and augment them."""
+    """TrainJob.pseudo for a student: [(table, items)] and how to weigh and augment them (CutMix
+    belongs to the strong augmentation: none without it)."""
     rw = cfg.rwms
-    return {"sources": [{"uri": uri, "ids": [it.id for it in items]} for uri, items in sources],
+    mix = {"cutmix": rw.cutmix} if strong and rw.cutmix else {}  # absent when off: earlier runs keep their fingerprints
+    return {**mix, "sources": [{"uri": uri, "ids": [it.id for it in items]} for uri, items in sources],
             "images": {it.id: it.image for _, items in sources for it in items},
             "a": cfg.pseudo.a, "b": cfg.pseudo.b, "reweight": reweight, "strong": strong, "lam": rw.lam,
             "batch_size": rw.pseudo_batch_size or cfg.train.batch_size}

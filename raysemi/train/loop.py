@@ -270,6 +270,7 @@ def _train(job: TrainJob) -> dict:
     log.say(f"{len(train_ds)} training images, {iters_per_epoch} iterations/epoch, {epochs} epochs, "
             f"{session.world} worker(s) on {device.type}"
             + (f"; {job.pseudo['batch_size']} pseudo-labeled images per batch, lam {lam:g}" if pseudo else "")
+            + (f", CutMix p {job.pseudo['cutmix']:g}" if pseudo and job.pseudo.get("cutmix") else "")
             + (f"; UCC with {job.ucc['batch_size']} unlabeled images per batch, {_describe(job.ucc['settings'])}"
                if ucc else ""))
 
@@ -293,10 +294,10 @@ def _train(job: TrainJob) -> dict:
                 elif pseudo is None:
                     loss = criterion(model(image), mask)
                 else:
-                    u = next(pseudo)
-                    logits = model(torch.cat([image, u["image"].to(device, non_blocking=True)]))
+                    u_image, u_mask, u_weight = _mixed(next(pseudo), job.pseudo, tc.seed, it, session.rank)
+                    logits = model(torch.cat([image, u_image.to(device, non_blocking=True)]))
                     n = image.shape[0]
-                    loss_u = weighted_cross_entropy(logits[n:], u["mask"].to(device), u["weight"].to(device))
+                    loss_u = weighted_cross_entropy(logits[n:], u_mask.to(device), u_weight.to(device))
                     loss = criterion(logits[:n], mask) + lam * loss_u
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -364,6 +365,17 @@ def _pseudo_batches(job: TrainJob, tc: TrainConfig, session: _Session):
     loader = DataLoader(stream, batch_size=p["batch_size"], drop_last=True, num_workers=job.loader_workers)
     return _endless(loader, stream.set_epoch, f"{job.stage}: the pseudo-labeled images give no full batch of "
                     f"{p['batch_size']} per worker ({len(stream)} images, {session.world} worker(s))")
+
+
+def _mixed(u: dict, spec: dict, seed: int, it: int, rank: int) -> tuple:
+    """A student's pseudo-labeled batch, CutMixed when the job asks for it; the draws depend on
+    (seed, iteration, rank) only, so a resumed run mixes as the uninterrupted one would."""
+    p = spec.get("cutmix", 0.0)
+    if not p:
+        return u["image"], u["mask"], u["weight"]
+    from raysemi.data.cutmix import cutmix_batch
+
+    return cutmix_batch(u["image"], u["mask"], u["weight"], p, np.random.default_rng([seed, it, rank]))
 
 
 def _unlabeled_batches(job: TrainJob, tc: TrainConfig, session: _Session, info):
