@@ -7,6 +7,10 @@ directory seeded with a copy of the main run's teachers and pass, which its mani
 with the same inputs, so only its students train.
 
     .venv/bin/python benchmarks/rwms_camvid.py [--run runs/demo] [--ablations one_phase no_reweight]
+        [--set train.iterations=600 --set rwms.iterations=600 ...]
+
+`--set` overrides apply to every row alike (the main run and each ablation), e.g. a longer schedule
+or another seed; give such a run its own --run directory.
 """
 from __future__ import annotations
 
@@ -43,11 +47,13 @@ def main() -> None:
     ap.add_argument("--run", default="runs/demo", help="the main run (trained here if not finished)")
     ap.add_argument("--ablations", nargs="*", default=["one_phase", "no_reweight"],
                     help="files of experiments/camvid/ablations/ (without .yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override a config value for every row (repeatable)")
     args = ap.parse_args()
 
     rows: list[tuple[str, float, str]] = []
     t0 = time.time()
-    main_results = run_rwms(load_config(CONFIG, [], args.data_root), RunDir(args.run))
+    main_results = run_rwms(load_config(CONFIG, args.set, args.data_root), RunDir(args.run))
     rows += [("SupOnly", main_results["suponly"]["val_miou"], "main run (T1)"),
              ("Baseline", main_results["baseline"]["val_miou"], "main run"),
              ("RWMS", main_results["rwms"]["val_miou"], "main run (S2)")]
@@ -57,7 +63,7 @@ def main() -> None:
         t1 = time.time()
         run = seed_from(Path(args.run), Path(f"{args.run}-{name}"))
         # SupOnly and Baseline come from the main run: the ablations train their students only
-        cfg = load_config(f"experiments/camvid/ablations/{name}.yaml", ["rwms.compare=[]"], args.data_root)
+        cfg = load_config(f"experiments/camvid/ablations/{name}.yaml", [*args.set, "rwms.compare=[]"], args.data_root)
         results = run_rwms(cfg, run)
         return name.replace("_", " "), results["rwms"]["val_miou"], f"{(time.time() - t1) / 60:.1f} min"
 
@@ -65,7 +71,7 @@ def main() -> None:
         rows += list(pool.map(ablation, args.ablations))
 
     base = rows[0][1]
-    print(f"\nCamVid val mIoU, 1/8 labels, {CONFIG} (one seed)")
+    print(f"\nCamVid val mIoU, 1/8 labels, {CONFIG}" + "".join(f" --set {s}" for s in args.set) + " (one seed)")
     print(f"{'method':<16} {'mIoU':>6} {'vs SupOnly':>11}  note")
     for name, miou, note in rows:
         print(f"{name:<16} {100 * miou:>6.2f} {100 * (miou - base):>+11.2f}  {note}")
