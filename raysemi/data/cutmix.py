@@ -10,7 +10,8 @@ carries another paste.
 
 Why: RWMS names colour jitter, grayscale and blur as its strong augmentation ("such as"); ST++,
 which it builds on, adds cutout, and CutMix is the stronger perturbation its successors use. It
-is a choice of this project, off by default and measured in README.
+is a choice of this project: off by default (the paper's configs), on in the CamVid configs, where
+it was measured (README).
 """
 from __future__ import annotations
 
