@@ -1,0 +1,75 @@
+"""How good are a CamVid run's pseudo labels? CamVid's "unlabeled" images have labels, hidden from
+training; this scores the pair's stored pass (T1's labels) against them, for the reliable half U1,
+the unreliable half U2 and all of U, and what other labelings of the same teachers would score:
+T1 with horizontal-flip averaging, and the average of T1 and T2 (with and without flip).
+
+    .venv/bin/python benchmarks/pseudo_label_quality.py [--run runs/demo] [--data-root DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raysemi.data.datasets import dataset_info, list_items, load_image, load_mask, resize_pair
+from raysemi.data.transforms import normalize
+from raysemi.evaluate import predict
+from raysemi.methods.metrics import confusion_matrix
+from raysemi.pseudo import iter_pseudo_rows
+from raysemi.train.checkpoint import load_model
+
+
+def miou(cm: np.ndarray) -> float:
+    iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1)
+    return 100 * float(iou.mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/demo")
+    ap.add_argument("--data-root", default="../shared/datasets/camvid")
+    args = ap.parse_args()
+    run = Path(args.run)
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    info = dataset_info("camvid")
+    items = {it.id: it for it in list_items("camvid", args.data_root, "train")}
+    reliable = {line.rsplit(".", 1)[0] for line in (run / "splits" / "reliable.txt").read_text().split()}
+    n = info.num_classes
+
+    def hidden(id_: str, size) -> np.ndarray:
+        _, mask = resize_pair(load_image(items[id_].image), load_mask(items[id_].mask, info), tuple(size))
+        return mask
+
+    stored = {"U1 (reliable)": np.zeros((n, n), np.int64), "U2 (unreliable)": np.zeros((n, n), np.int64)}
+    rows = []
+    for row in iter_pseudo_rows(stages["pseudo_teachers"]["table"], columns=["id", "height", "width", "label"]):
+        key = "U1 (reliable)" if row["id"] in reliable else "U2 (unreliable)"
+        stored[key] += confusion_matrix(row["label"], hidden(row["id"], row["label"].shape), n)
+        rows.append((row["id"], row["label"].shape))
+
+    t1, _ = load_model(stages["t1"]["checkpoint"])
+    t2, _ = load_model(stages["t2"]["checkpoint"])
+    other = {k: np.zeros((n, n), np.int64) for k in ("T1, flip averaged", "T1 + T2 averaged", "T1 + T2, flip averaged")}
+    for start in range(0, len(rows), 16):
+        chunk = rows[start : start + 16]
+        x = torch.stack([normalize(resize_pair(load_image(items[i].image), None, s)[0]) for i, s in chunk])
+        gt = np.stack([hidden(i, s) for i, s in chunk])
+        with torch.no_grad():
+            p1, p2 = predict(t1, x), predict(t2, x)
+            f1, f2 = predict(t1, x, flip=True), predict(t2, x, flip=True)  # each already averaged with its flip
+        for key, p in zip(other, (f1, (p1 + p2) / 2, (f1 + f2) / 2)):
+            other[key] += confusion_matrix(p.argmax(1).numpy(), gt, n)
+
+    print(f"\nPseudo labels of {run} against CamVid's hidden labels of U ({len(rows)} images), mIoU")
+    for key, cm in stored.items():
+        print(f"{'stored, ' + key:<32} {miou(cm):6.2f}")
+    print(f"{'stored, all of U':<32} {miou(sum(stored.values())):6.2f}")
+    for key, cm in other.items():
+        print(f"{key:<32} {miou(cm):6.2f}")
+
+
+if __name__ == "__main__":
+    main()
