@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from raysemi.data.datasets import dataset_info, list_items, load_image, load_mask, resize_pair
-from raysemi.data.transforms import normalize
+from raysemi.data.transforms import normalize, resize_nearest
 from raysemi.evaluate import predict
 from raysemi.methods.metrics import confusion_matrix
 from raysemi.pseudo import iter_pseudo_rows
@@ -39,16 +39,13 @@ def main() -> None:
     reliable = {line.rsplit(".", 1)[0] for line in (run / "splits" / "reliable.txt").read_text().split()}
     n = info.num_classes
 
-    def hidden(id_: str, size) -> np.ndarray:
-        _, mask = resize_pair(load_image(items[id_].image), load_mask(items[id_].mask, info), tuple(size))
-        return mask
-
     stored = {"U1 (reliable)": np.zeros((n, n), np.int64), "U2 (unreliable)": np.zeros((n, n), np.int64)}
-    rows = []
+    rows, hidden = [], {}  # (id, label size); id -> hidden label at that size (the same resize as training)
     for row in iter_pseudo_rows(stages["pseudo_teachers"]["table"], columns=["id", "height", "width", "label"]):
-        key = "U1 (reliable)" if row["id"] in reliable else "U2 (unreliable)"
-        stored[key] += confusion_matrix(row["label"], hidden(row["id"], row["label"].shape), n)
-        rows.append((row["id"], row["label"].shape))
+        id_, size = row["id"], row["label"].shape
+        hidden[id_] = resize_nearest(load_mask(items[id_].mask, info), size)
+        stored["U1 (reliable)" if id_ in reliable else "U2 (unreliable)"] += confusion_matrix(row["label"], hidden[id_], n)
+        rows.append((id_, size))
 
     t1, _ = load_model(stages["t1"]["checkpoint"])
     t2, _ = load_model(stages["t2"]["checkpoint"])
@@ -56,7 +53,7 @@ def main() -> None:
     for start in range(0, len(rows), 16):
         chunk = rows[start : start + 16]
         x = torch.stack([normalize(resize_pair(load_image(items[i].image), None, s)[0]) for i, s in chunk])
-        gt = np.stack([hidden(i, s) for i, s in chunk])
+        gt = np.stack([hidden[i] for i, _ in chunk])
         with torch.no_grad():
             p1, p2 = predict(t1, x), predict(t2, x)
             f1, f2 = predict(t1, x, flip=True), predict(t2, x, flip=True)  # each already averaged with its flip

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from raysemi import storage
 from raysemi.config import ModelConfig, TrainConfig, from_dict
+from raysemi.data.cutmix import cutmix_batch
 from raysemi.data.datasets import Item, SegmentationDataset, dataset_info
 from raysemi.data.transforms import WeakAugment
 from raysemi.evaluate import evaluate
@@ -373,8 +374,6 @@ def _mixed(u: dict, spec: dict, seed: int, it: int, rank: int) -> tuple:
     p = spec.get("cutmix", 0.0)
     if not p:
         return u["image"], u["mask"], u["weight"]
-    from raysemi.data.cutmix import cutmix_batch
-
     return cutmix_batch(u["image"], u["mask"], u["weight"], p, np.random.default_rng([seed, it, rank]))
 
 
