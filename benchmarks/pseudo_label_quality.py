@@ -17,14 +17,14 @@ import torch
 from raysemi.data.datasets import dataset_info, list_items, load_image, load_mask, resize_pair
 from raysemi.data.transforms import normalize, resize_nearest
 from raysemi.evaluate import predict
-from raysemi.methods.metrics import confusion_matrix
+from raysemi.data.splits import read_split_file
+from raysemi.methods.metrics import confusion_matrix, mean_iou
 from raysemi.pseudo import iter_pseudo_rows
 from raysemi.train.checkpoint import load_model
 
 
 def miou(cm: np.ndarray) -> float:
-    iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1)
-    return 100 * float(iou.mean())
+    return 100 * mean_iou(cm)
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     info = dataset_info("camvid")
     items = {it.id: it for it in list_items("camvid", args.data_root, "train")}
-    reliable = {line.rsplit(".", 1)[0] for line in (run / "splits" / "reliable.txt").read_text().split()}
+    reliable = {it.id for it in read_split_file(str(run / "splits" / "reliable.txt"), args.data_root)}
     n = info.num_classes
 
     stored = {"U1 (reliable)": np.zeros((n, n), np.int64), "U2 (unreliable)": np.zeros((n, n), np.int64)}
