@@ -72,9 +72,9 @@ def main() -> None:
 
     base = rows[0][1]
     print(f"\nCamVid val mIoU, 1/8 labels, {CONFIG}" + "".join(f" --set {s}" for s in args.set) + " (one seed)")
-    print(f"{'method':<16} {'mIoU':>6} {'vs SupOnly':>11}  note")
+    print(f"{'method':<18} {'mIoU':>6} {'vs SupOnly':>11}  note")
     for name, miou, note in rows:
-        print(f"{name:<16} {100 * miou:>6.2f} {100 * (miou - base):>+11.2f}  {note}")
+        print(f"{name:<18} {100 * miou:>6.2f} {100 * (miou - base):>+11.2f}  {note}")
 
 
 if __name__ == "__main__":
