@@ -7,20 +7,16 @@ T1 with horizontal-flip averaging, and the average of T1 and T2 (with and withou
 """
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 
+from finished_run import load_teachers, open_run
 from raysemi.data.datasets import dataset_info, list_items, load_image, load_mask, resize_pair
 from raysemi.data.transforms import normalize, resize_nearest
 from raysemi.evaluate import predict
 from raysemi.data.splits import read_split_file
 from raysemi.methods.metrics import confusion_matrix, mean_iou
 from raysemi.pseudo import iter_pseudo_rows
-from raysemi.train.checkpoint import load_model
 
 
 def miou(cm: np.ndarray) -> float:
@@ -28,12 +24,7 @@ def miou(cm: np.ndarray) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="runs/demo")
-    ap.add_argument("--data-root", default="../shared/datasets/camvid")
-    args = ap.parse_args()
-    run = Path(args.run)
-    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    args, run, stages = open_run(__doc__)
     info = dataset_info("camvid")
     items = {it.id: it for it in list_items("camvid", args.data_root, "train")}
     reliable = {it.id for it in read_split_file(str(run / "splits" / "reliable.txt"), args.data_root)}
@@ -47,8 +38,7 @@ def main() -> None:
         stored["U1 (reliable)" if id_ in reliable else "U2 (unreliable)"] += confusion_matrix(row["label"], hidden[id_], n)
         rows.append((id_, size))
 
-    t1, _ = load_model(stages["t1"]["checkpoint"])
-    t2, _ = load_model(stages["t2"]["checkpoint"])
+    t1, t2 = load_teachers(stages)
     other = {k: np.zeros((n, n), np.int64) for k in ("T1, flip averaged", "T1 + T2 averaged", "T1 + T2, flip averaged")}
     for start in range(0, len(rows), 16):
         chunk = rows[start : start + 16]

@@ -8,19 +8,15 @@ each rank weighted by its pixel count.
 """
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 import yaml
 
+from finished_run import load_teachers, open_run
 from raysemi.data.datasets import IGNORE_INDEX, dataset_info, list_items, load_mask
 from raysemi.data.splits import read_split_file
 from raysemi.data.transforms import resize_nearest
 from raysemi.pseudo import label_images, load_for_labeling
-from raysemi.train.checkpoint import load_model
 
 MAX_RANK = 6  # ranks above are pooled: they hold well under 1% of the pixels
 
@@ -51,16 +47,10 @@ def fit_b(pixels: np.ndarray, correct: np.ndarray) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="runs/demo")
-    ap.add_argument("--data-root", default="../shared/datasets/camvid")
-    args = ap.parse_args()
-    run = Path(args.run)
-    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    args, run, stages = open_run(__doc__)
     image_size = yaml.safe_load((run / "config.yaml").read_text())["data"]["image_size"]
     info = dataset_info("camvid")
-    t1, _ = load_model(stages["t1"]["checkpoint"])
-    t2, _ = load_model(stages["t2"]["checkpoint"])
+    t1, t2 = load_teachers(stages)
     train = {it.id: it for it in list_items("camvid", args.data_root, "train")}  # U's hidden masks
     sets = {
         "val (held out)": list_items("camvid", args.data_root, "val"),

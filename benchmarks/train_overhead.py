@@ -53,7 +53,7 @@ def main() -> None:
     base = statistics.median(times["plain PyTorch"])
     print(f"\n{args.arch} / {args.backbone}, batch {args.batch}, {h}x{w}, {args.threads} threads, "
           f"{args.iterations} iterations, median step time over iterations 6+ of each run, {args.repeats} runs each")
-    print(f"| runner | median step (s) | runs (s) | ratio to plain |\n|---|---|---|---|")
+    print("| runner | median step (s) | runs (s) | ratio to plain |\n|---|---|---|---|")
     for name, values in times.items():
         med = statistics.median(values)
         print(f"| {name} | {med:.3f} | {', '.join(f'{v:.3f}' for v in values)} | {med / base:.3f} |")
