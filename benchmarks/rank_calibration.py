@@ -16,6 +16,7 @@ from finished_run import load_teachers, open_run
 from raysemi.data.datasets import IGNORE_INDEX, dataset_info, list_items, load_mask
 from raysemi.data.splits import read_split_file
 from raysemi.data.transforms import resize_nearest
+from raysemi.methods.reliability import rank_weights
 from raysemi.pseudo import label_images, load_for_labeling
 
 MAX_RANK = 6  # ranks above are pooled: they hold well under 1% of the pixels
@@ -64,7 +65,7 @@ def main() -> None:
         for x in range(1, MAX_RANK + 1):
             label = f"{x}+" if x == MAX_RANK else str(x)
             print(f"{name if x == 1 else '':<18} {label:>3} {pixels[x] / pixels.sum():8.3f} {acc[x]:6.3f} "
-                  f"{acc[x] / acc[1]:10.3f} {np.exp(-(x - 1)):7.3f}")
+                  f"{acc[x] / acc[1]:10.3f} {float(rank_weights(x)):7.3f}")
         print(f"{'':<18} fitted b = {fit_b(pixels, correct):.2f}")
 
 
