@@ -7,10 +7,14 @@ global RNG before every call; that keeps workers independent and runs reproducib
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import albumentations as A
+# Albumentations asks PyPI for a newer version when it is imported, in every process (each Ray worker
+# too): on an offline cluster node that is a timeout and a warning per worker. A user's own setting wins.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
 import torch

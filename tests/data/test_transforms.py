@@ -252,3 +252,27 @@ def test_weak_then_strong_keeps_labels(strong):
         assert np.array_equal(w_mask, kept[1])  # the label the strong view is trained against
         assert all(np.array_equal(w_maps[k], kept[2][k]) for k in w_maps)
         assert np.array_equal(w_image, kept[0])  # weak view intact for pseudo-labelling
+
+
+def test_importing_transforms_does_not_ask_pypi_for_albumentations_updates():
+    """Albumentations' update check runs at its import; behind an unreachable proxy it warns. Through
+    raysemi it must not run at all (offline cluster nodes), and a user's own setting is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    env.update(https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+
+    def import_and_report(module: str, extra_env: dict) -> tuple[str, str]:
+        code = f"import os, {module}; print(os.environ.get('NO_ALBUMENTATIONS_UPDATE'))"
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra_env}, capture_output=True, text=True,
+                             timeout=120, check=True)
+        return out.stdout.strip(), out.stderr
+
+    setting, err = import_and_report("albumentations", {})  # the control: the check runs and fails
+    assert setting == "None" and "version info" in err
+    setting, err = import_and_report("raysemi.data.transforms", {})
+    assert setting == "1" and "version info" not in err
+    setting, err = import_and_report("raysemi.data.transforms", {"NO_ALBUMENTATIONS_UPDATE": "0"})
+    assert setting == "0" and "version info" in err
