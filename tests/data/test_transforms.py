@@ -261,7 +261,7 @@ def test_importing_transforms_does_not_ask_pypi_for_albumentations_updates():
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_ALBUMENTATIONS_UPDATE", "no_proxy", "NO_PROXY")}
     env.update(https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
 
     def import_and_report(module: str, extra_env: dict) -> tuple[str, str]:
