@@ -54,7 +54,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         rows, steps = [], {}
 
-        def raysemi(name: str, argv: list[str], timeout: float | None = None) -> str:
+        def raysemi(name: str, argv: list[str], timeout: float | None = None) -> None:
             t0 = time.time()
             with open(work / f"{name}.log", "w") as out:
                 try:
@@ -62,13 +62,11 @@ def main() -> None:
                                         stderr=subprocess.STDOUT, cwd=REPO, timeout=timeout).returncode
                 except subprocess.TimeoutExpired:
                     rc = "stopped"
-            log = (work / f"{name}.log").read_text()
-            skipped = len(re.findall(r"already done with these inputs", log))
-            rows.append((name, rc, time.time() - t0, skipped))
+            wall, log = time.time() - t0, (work / f"{name}.log").read_text()
+            rows.append((name, rc, wall, len(re.findall(r"already done with these inputs", log))))
             if name.startswith("voc"):  # the smoke models train 2 steps an epoch: no steady state to time
                 steps.update({f"{name}/{k}": v for k, v in median_steps(log).items()})
-            print(f"{name}: exit {rc}, {time.time() - t0:.0f} s, log {work / (name + '.log')}", flush=True)
-            return log
+            print(f"{name}: exit {rc}, {wall:.0f} s, log {work / (name + '.log')}", flush=True)
 
         gpu = ["--set", f"train.use_gpu={str(not args.cpu).lower()}"]  # the VOC configs ask for GPUs themselves
         if {"smoke", "tune"} & set(args.only):
