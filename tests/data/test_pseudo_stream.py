@@ -23,13 +23,15 @@ LABEL = np.tile(np.arange(W, dtype=np.uint8), (H, 1))  # label[i, j] = j: a flip
 RANK = np.arange(1, H * W + 1, dtype=np.uint8).reshape(H, W)  # a distinct rank at every pixel
 
 
-def write_table(path, rows, parts=2, image_size=None):
-    """A table directory as the pass leaves it: `parts` Parquet files plus _meta.json (as in
-    tests/test_pseudo.py, with the meta's image_size)."""
+def write_table(path, rows, parts=2, image_size=None, runs=False):
+    """A table directory: `parts` Parquet files plus _meta.json (as in tests/test_pseudo.py, with
+    the meta's image_size). Rows are dealt over the files, or with `runs` written in order in
+    consecutive runs, as the pass leaves a table (each file a run of sorted ids)."""
     path.mkdir(parents=True)
     schema = table_schema()
+    size = math.ceil(len(rows) / parts)
     for i in range(parts):
-        part = rows[i::parts]
+        part = rows[i * size : (i + 1) * size] if runs else rows[i::parts]
         cols = {name: [r.get(name) for r in part] for name in schema.names}
         pq.write_table(pa.Table.from_pydict(cols, schema=schema), path / f"part-{i}.parquet")
     (path / META_FILE).write_text(json.dumps({"format": FORMAT, "rows": len(rows), "image_size": image_size}))
@@ -43,17 +45,17 @@ def row(id_, label, rank=None):
             "source": "t1+t2" if rank is not None else "s1"}
 
 
-def make_data(tmp_path, n, with_rank=True, size=(H, W), name="t", parts=2, image_size=None):
-    """n random RGB PNGs of `size` and a table of n rows (LABEL, RANK) over them."""
+def make_data(tmp_path, n, with_rank=True, size=(H, W), name="t", parts=2, image_size=None, runs=False):
+    """n random RGB PNGs of `size` and a table of n rows (LABEL, RANK) over them; ids sort as numbers."""
     rng = np.random.default_rng(0)
     tmp_path.mkdir(parents=True, exist_ok=True)
     images = {}
     for k in range(n):
-        id_ = f"{name}{k:02d}"
+        id_ = f"{name}{k:02d}" if n <= 100 else f"{name}{k:03d}"
         images[id_] = str(tmp_path / f"{id_}.png")
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images[id_])
     rows = [row(id_, LABEL, RANK if with_rank else None) for id_ in images]
-    return write_table(tmp_path / name, rows, parts, image_size), images
+    return write_table(tmp_path / name, rows, parts, image_size, runs), images
 
 
 def stream(uri, images, ids=None, **kw):
@@ -81,21 +83,22 @@ def test_ids_filter_and_len(tmp_path):
 
 def test_every_row_once_across_two_ranks_and_two_loader_workers(tmp_path):
     uri, images = make_data(tmp_path, 11, parts=3)
-    seen = []
-    for rank in range(2):
-        ds = stream(uri, images, rank=rank, world=2, shuffle_buffer=3, read_batch=2)
-        ds.set_epoch(1)
-        got = ids_of(ds, num_workers=2)
-        # a rank's rows do not depend on its number of loader workers
-        assert sorted(got) == sorted(ids_of(ds, num_workers=0))
-        seen += got
-    assert len(seen) == 11 and sorted(seen) == sorted(images)
+    for epoch in (0, 1):
+        seen = []
+        for rank in range(2):
+            ds = stream(uri, images, rank=rank, world=2, read_batch=2)
+            ds.set_epoch(epoch)
+            got = ids_of(ds, num_workers=2)
+            # a rank's rows do not depend on its number of loader workers
+            assert sorted(got) == sorted(ids_of(ds, num_workers=0))
+            seen += got
+        assert len(seen) == 11 and sorted(seen) == sorted(images), epoch
     assert len(ds) == 11  # the count over all shards
 
 
-def test_order_differs_between_epochs_and_repeats_with_the_seed(tmp_path):
+def test_order_differs_between_epochs_and_seeds_and_repeats_with_them(tmp_path):
     uri, images = make_data(tmp_path, 12, parts=3)
-    ds = stream(uri, images, shuffle_buffer=4, read_batch=2)
+    ds = stream(uri, images, read_batch=2)
     first = ids_of(ds)
     ds.set_epoch(1)
     second = ids_of(ds)
@@ -104,6 +107,31 @@ def test_order_differs_between_epochs_and_repeats_with_the_seed(tmp_path):
     ds.set_epoch(0)
     assert ids_of(ds) == first
     assert ids_of(pickle.loads(pickle.dumps(ds))) == first  # picklable, and the copy streams the same
+    other_seed = ids_of(stream(uri, images, read_batch=2, seed=1))
+    assert sorted(other_seed) == sorted(first) and other_seed != first
+
+
+def positions(ids) -> np.ndarray:
+    return np.array([int(i[1:]) for i in ids])  # "t137" -> 137: the row's place in the table
+
+
+def test_epoch_order_is_a_permutation_of_all_rows_not_runs_of_frames(tmp_path):
+    """The pass writes rows in id order (consecutive video frames) into files of ~54 rows: here 432
+    rows in 8 such files. Over a uniform permutation, adjacent rows share a file with probability
+    53 / 431 = 0.12, a batch of 8 draws from 8 (1 - (7/8)^8) = 5.3 files on average, and adjacent
+    positions differ by (n + 1) / 3 = 144.3 on average. The former file shuffle with a 64-row
+    buffer gave 0.33 and 3.1 files: a batch was mostly frames of one or two clips."""
+    n, files = 432, 8
+    uri, images = make_data(tmp_path, n, parts=files, runs=True)
+    ds = stream(uri, images)
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        order = positions(ids_of(ds))
+        assert sorted(order) == list(range(n))
+        file_of = order // (n // files)
+        assert (file_of[1:] == file_of[:-1]).mean() < 0.2
+        assert np.mean([len(set(file_of[i : i + 8])) for i in range(0, n, 8)]) > 4.5
+        assert 0.85 * (n + 1) / 3 <= np.abs(np.diff(order)).mean() <= 1.15 * (n + 1) / 3
 
 
 def flipped(sample) -> bool:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysemi.methods.losses import CrossEntropy
-from raysemi.methods.ucc import UCCSettings, UCCStep
+from raysemi.methods.ucc import UCCSettings, UCCStep, dropout_off
 from raysemi.methods.ugrm import cross_supervision_loss
 
 C = 3
@@ -143,6 +143,73 @@ def test_the_dcscp_state_round_trips_through_a_checkpoint():
     la, _, _ = a(ma, image, mask, u)
     lb, _, _ = b(mb, image, mask, u)
     assert torch.equal(ma.inputs[-1], mb.inputs[-1]) and la.item() == lb.item(), "the same pastes after a resume"
+
+
+class ToyDropoutCrossHead(nn.Module):
+    """ToyCrossHead behind a BatchNorm (no affine) and a Dropout(0.5), as the ASPP head has one;
+    records each forward's output, the dropout's and BatchNorm's modes, and the running mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(C, affine=False)
+        self.drop = nn.Dropout(0.5)
+        self.a1 = nn.Parameter(torch.tensor(1.0))
+        self.a2 = nn.Parameter(torch.tensor(2.0))
+        self.calls: list[dict] = []
+
+    def forward(self, x, rows=None):
+        h = self.drop(self.bn(x))
+        r1, r2 = rows if rows is not None else (slice(None), slice(None))
+        out = self.a1 * h[r1], self.a2 * h[r2]
+        self.calls.append({"out": [o.detach() for o in out], "bn": self.bn.training, "drop": self.drop.training,
+                           "running_mean": self.bn.running_mean.clone()})
+        return out
+
+
+def test_weak_targets_come_without_dropout_while_batchnorm_keeps_training():
+    image, mask, u = batches(8)
+    weak = []
+    for _ in range(2):
+        model = ToyDropoutCrossHead()
+        step()(model, image, mask, u)
+        first = model.calls[0]  # the weak forward
+        assert (first["bn"], first["drop"]) == (True, False)
+        assert all(c["bn"] and c["drop"] for c in model.calls[1:]), "the trained forwards keep dropout"
+        # BatchNorm in train mode: normalised by the weak batch's own statistics, and its running mean
+        # moved from 0 by momentum 0.1 towards that batch's mean
+        mean = u["weak"].mean(dim=(0, 2, 3))
+        var = u["weak"].var(dim=(0, 2, 3), unbiased=False)
+        normalised = (u["weak"] - mean.view(1, C, 1, 1)) / torch.sqrt(var.view(1, C, 1, 1) + 1e-5)
+        assert torch.allclose(first["out"][0], 1.0 * normalised, atol=1e-5)  # no unit zeroed, none doubled
+        assert torch.allclose(first["out"][1], 2.0 * normalised, atol=1e-5)
+        assert torch.allclose(first["running_mean"], 0.1 * mean, atol=1e-6)
+        assert model.training and model.drop.training and model.bn.training  # modes restored
+        weak.append(first["out"])
+    assert all(torch.equal(a, b) for a, b in zip(*weak)), "deterministic: the same targets on two calls"
+
+
+def test_dropout_off_restores_each_modules_mode_even_on_error():
+    model = ToyDropoutCrossHead()
+    other = nn.Dropout2d(0.2).eval()  # already off: stays off
+    holder = nn.ModuleDict({"net": model, "other": other})
+    with pytest.raises(RuntimeError, match="boom"):
+        with dropout_off(holder):
+            assert not model.drop.training and model.bn.training and holder.training
+            raise RuntimeError("boom")
+    assert model.drop.training and not other.training and model.bn.training and holder.training
+
+
+def test_dropout_off_reaches_the_module_inside_ddp(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(ToyDropoutCrossHead())
+        with dropout_off(ddp):
+            assert not ddp.module.drop.training and ddp.module.bn.training
+        assert ddp.module.drop.training
+    finally:
+        dist.destroy_process_group()
 
 
 def test_bad_settings_are_named():

@@ -1,13 +1,17 @@
-"""Encoders: feature strides and channels, dilation, and ImageNet weight loading."""
+"""Encoders: feature strides and channels, dilation, ImageNet weight loading, and Lite0's input conversion."""
 from __future__ import annotations
 
+import os
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 
+from raysemi.data.datasets import load_image, resize_pair
+from raysemi.data.transforms import normalize
 from raysemi.models import BACKBONES, build_backbone, load_efficientnet_lite0_classifier
 
 CHANNELS = {"resnet18": (64, 512), "resnet50": (256, 2048), "resnet101": (256, 2048), "efficientnet_lite0": (24, 320)}
@@ -86,13 +90,47 @@ def test_lite0_encoder_uses_the_classifier_weights_and_computation() -> None:
     encoder = build_backbone("efficientnet_lite0", 16, pretrained=True).eval()
     assert torch.equal(encoder.stem[0].weight, classifier._conv_stem.weight)
     assert torch.equal(encoder.high_blocks[-1]._project_conv.weight, classifier._blocks[-1]._project_conv.weight)
-    # The stride-4 features are exactly the classifier's own (no dilation before stride 16).
+    # The stride-4 features are exactly the classifier's own (no dilation before stride 16) on the
+    # input converted to the weights' TF Lite preprocessing, which the encoder does first.
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        expected = F.relu6(classifier._bn0(classifier._conv_stem(x)))
+        expected = F.relu6(classifier._bn0(classifier._conv_stem(encoder.input_adapter(x))))
         for block in classifier._blocks[:3]:
             expected = block(expected)
         assert torch.allclose(encoder(x).low, expected)
+
+
+def test_lite0_input_adapter_maps_imagenet_normalised_pixels_to_tf_lite_preprocessing() -> None:
+    """(pixel - 127) / 128 by hand: pixel 127 -> 0, 255 -> 1, 0 -> -127/128, on every channel."""
+    encoder = build_backbone("efficientnet_lite0", 16, pretrained=False)
+    for pixel, expected in ((127, 0.0), (255, 1.0), (0, -127 / 128)):
+        x = normalize(np.full((2, 3, 3), pixel, dtype=np.uint8))[None]  # ImageNet mean/std, per channel
+        assert torch.allclose(encoder.input_adapter(x), torch.full_like(x, expected), atol=1e-5), pixel
+    # fixed buffers outside the state dict: checkpoints keep the keys they had before the adapter
+    assert all(k.split(".")[0] in ("stem", "low_blocks", "high_blocks") for k in encoder.state_dict())
+
+
+# Four CamVid training frames spread over its three training sequences (0016E5, the longest, twice).
+CAMVID_TRAIN = "/work/shared/datasets/camvid/train"
+CAMVID_FRAMES = ("0001TP_006690.png", "0006R0_f02670.png", "0016E5_04620.png", "0016E5_08460.png")
+
+
+def test_lite0_stem_sees_the_input_statistics_its_batchnorm_stored() -> None:
+    """With the pretrained weights on real frames as the data pipeline feeds them (ImageNet
+    mean/std), the stem conv's output variance per channel is about the variance its BatchNorm
+    stored in TF training (median ratio ~1.3 here); fed ImageNet statistics unconverted, ~6.5."""
+    if not os.path.isdir(CAMVID_TRAIN):
+        pytest.skip(f"CamVid frames not found at {CAMVID_TRAIN}")
+    images = [resize_pair(load_image(f"{CAMVID_TRAIN}/{name}"), None, (128, 160))[0] for name in CAMVID_FRAMES]
+    x = torch.stack([normalize(image) for image in images])
+    encoder = build_backbone("efficientnet_lite0", 16, pretrained=True).eval()
+    conv, bn = encoder.stem[0], encoder.stem[1]
+    seen = []
+    conv.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    with torch.no_grad():
+        encoder(x)  # the encoder's own forward, whatever it does before the stem
+    ratio = seen[0].var(dim=(0, 2, 3)) / bn.running_var
+    assert 0.5 <= ratio.median().item() <= 2.0
 
 
 def _imagenet_input(image) -> torch.Tensor:
