@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from raysemi.config import load_config
+from raysemi.pipelines.common import results_table
 from raysemi.pipelines.rwms import run_rwms
 from raysemi.rundir import RunDir
 
@@ -51,31 +52,27 @@ def main() -> None:
                     help="override a config value for every row (repeatable)")
     args = ap.parse_args()
 
-    rows: list[tuple[str, float, str]] = []
+    rows: list[tuple[str, dict, str]] = []  # (method, stage record, note)
     t0 = time.time()
     main_results = run_rwms(load_config(CONFIG, args.set, args.data_root), RunDir(args.run))
-    rows += [("SupOnly", main_results["suponly"]["val_miou"], "main run (T1)"),
-             ("Baseline", main_results["baseline"]["val_miou"], "main run"),
-             ("RWMS", main_results["rwms"]["val_miou"], "main run (S2)")]
-    rows = [(n, m, f"{note}, {(time.time() - t0) / 60:.1f} min") if n == "RWMS" else (n, m, note) for n, m, note in rows]
+    rows += [("SupOnly", main_results["suponly"], "main run (T1)"),
+             ("Baseline", main_results["baseline"], "main run"),
+             ("RWMS", main_results["rwms"], f"main run (S2), {(time.time() - t0) / 60:.1f} min")]
 
-    def ablation(name: str) -> tuple[str, float, str]:
+    def ablation(name: str) -> tuple[str, dict, str]:
         t1 = time.time()
         run = seed_from(Path(args.run), Path(f"{args.run}-{name}"))
         # SupOnly and Baseline come from the main run: the ablations train their students only
         cfg = load_config(f"experiments/camvid/ablations/{name}.yaml", [*args.set, "rwms.compare=[]"], args.data_root)
         results = run_rwms(cfg, run)
-        return name.replace("_", " "), results["rwms"]["val_miou"], f"{(time.time() - t1) / 60:.1f} min"
+        return name.replace("_", " "), results["rwms"], f"{(time.time() - t1) / 60:.1f} min"
 
     with ThreadPoolExecutor(max(1, len(args.ablations))) as pool:  # side by side, one core each
         rows += list(pool.map(ablation, args.ablations))
 
-    base = rows[0][1]
-    print(f"\nCamVid val mIoU, 1/8 labels, {CONFIG}" + "".join(f" --set {s}" for s in args.set) + " (one seed)")
-    print(f"{'method':<18} {'mIoU':>6} {'vs SupOnly':>11}  note")
-    for name, miou, note in rows:
-        print(f"{name:<18} {100 * miou:>6.2f} {100 * (miou - base):>+11.2f}  {note}")
-
+    print(f"\nCamVid 1/8 labels, {CONFIG}" + "".join(f" --set {s}" for s in args.set) + " (one seed)")
+    print(results_table({name: rec for name, rec, _ in rows}))
+    print("; ".join(f"{name}: {note}" for name, _, note in rows))
 
 if __name__ == "__main__":
     main()

@@ -41,11 +41,12 @@ def main() -> None:
         futures = {name: pool.submit(one, name, frac) for name, frac in FRACTIONS.items()}
         results = {name: f.result() for name, f in futures.items()}
     m, h, w = cfg.model, *cfg.data.image_size
-    print(f"\nCamVid val, {m.arch} / {m.backbone} (ImageNet), {h}x{w}, batch {cfg.train.batch_size}, "
-          f"{cfg.train.iterations} iterations, lr {cfg.train.lr}")
-    print("| labels | labeled images | val mIoU | best epoch | wall (min) |\n|---|---|---|---|---|")
+    print(f"\nCamVid, {m.arch} / {m.backbone} (ImageNet), {h}x{w}, batch {cfg.train.batch_size}, "
+          f"{cfg.train.iterations} iterations, lr {cfg.train.lr}; the model selected on val")
+    print("| labels | labeled images | val mIoU | holdout mIoU | best epoch | wall (min) |\n|---|---|---|---|---|---|")
     for name, (rec, n, wall) in results.items():
-        print(f"| {name} | {n} | {100 * rec['val_miou']:.1f} | {rec.get('best_epoch')} | {wall / 60:.1f} |")
+        held = "-" if rec.get("holdout_miou") is None else f"{100 * rec['holdout_miou']:.2f}"
+        print(f"| {name} | {n} | {100 * rec['val_miou']:.2f} | {held} | {rec.get('best_epoch')} | {wall / 60:.1f} |")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from raysemi.config import load_config
-from raysemi.pipelines.common import plan_data, train_stage
+from raysemi.pipelines.common import plan_data, results_table, train_stage
 from raysemi.pipelines.ucc import run_ucc
 from raysemi.rundir import RunDir
 from raysemi.train.ray_fit import init_ray
@@ -96,7 +96,7 @@ def main() -> None:
 
     sup_s, ucc_s = step_times(args.data_root, args.steps)
     cfg = load_config(CONFIG, [], args.data_root)
-    rows: list[tuple[str, float, str]] = []
+    rows: list[tuple[str, dict, str]] = []  # (method, stage record, wall time)
     if not args.skip_training:
         main_cfg = load_config(CONFIG, [], args.data_root)
         main_run = RunDir(args.run)
@@ -119,11 +119,11 @@ def main() -> None:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(job, ["ucc", "suponly", *args.ablations]))
         final = run_ucc(main_cfg, main_run)  # both stages done: prints the table, writes the report
-        rows += [("SupOnly", final["suponly"]["val_miou"], f"{timings['suponly']:.1f} min"),
-                 ("UCC", final["ucc"]["val_miou"], f"{timings['ucc']:.1f} min")]
+        rows += [("SupOnly", final["suponly"], f"{timings['suponly']:.1f} min"),
+                 ("UCC", final["ucc"], f"{timings['ucc']:.1f} min")]
         for name in args.ablations:
             rec = RunDir(f"{args.run}-{name}").stage("ucc")
-            rows.append((f"UCC {name.replace('_', ' ')}", rec["val_miou"], f"{timings[name]:.1f} min"))
+            rows.append((f"UCC {name.replace('_', ' ')}", rec, f"{timings[name]:.1f} min"))
 
     print(f"\nStep time, one thread, {cfg.train.batch_size} labeled crops (+ {cfg.ucc.unlabeled_batch_size} unlabeled "
           f"x 3 views for UCC), {'x'.join(map(str, cfg.data.crop_size))}")
@@ -131,12 +131,9 @@ def main() -> None:
     print(f"{'supervised (SupOnly model)':<28} {sup_s:>7.2f} {1.0:>6.2f}")
     print(f"{'UCC (cross-head)':<28} {ucc_s:>7.2f} {ucc_s / sup_s:>6.2f}")
     if rows:
-        base = rows[0][1]
-        print(f"\nCamVid val mIoU, 1/8 labels, {CONFIG} (one seed)")
-        print(f"{'method':<20} {'mIoU':>6} {'vs SupOnly':>11}  time")
-        for name, miou, note in rows:
-            print(f"{name:<20} {100 * miou:>6.2f} {100 * (miou - base):>+11.2f}  {note}")
-
+        print(f"\nCamVid 1/8 labels, {CONFIG} (one seed)")
+        print(results_table({name: rec for name, rec, _ in rows}))
+        print("; ".join(f"{name}: {note}" for name, _, note in rows))
 
 if __name__ == "__main__":
     main()

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--space", required=True, help="search space YAML (see experiments/*/tune_*.yaml)")
 
+    p = sub.add_parser("study", help="seed study: each config's pipeline (rwms or ucc) once per (split seed, seed) "
+                       "in DIR/<config>/split<K>-seed<S>/, then DIR/study.csv, study.md (mean ± sd) and study.png")
+    from raysemi.pipelines.study import add_arguments as study_arguments  # its --config is repeatable
+
+    study_arguments(p)
+
     p = sub.add_parser("split", help="write labeled/unlabeled split files for a fraction and a seed")
     _common(p, run_required=False)
     p.add_argument("--fraction", help="labeled fraction, e.g. 1/8 (default: data.labeled_fraction)")
@@ -60,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a checkpoint on a split")
     _common(p, run_required=False)
     p.add_argument("--checkpoint", required=True, help="a best.pt file, or a stage name of --run (t1, t2, ...)")
-    p.add_argument("--split", default="val", help="'val', 'train' or a split file (default: val)")
+    p.add_argument("--split", default="val", help="'val', 'train', 'holdout' (the --run's held-out images) or a "
+                   "split file (default: val); scored at the masks' native size (--set train.eval_at=input: at the "
+                   "model's input size)")
     p.add_argument("--mode", choices=["whole", "center_crop", "sliding"], default="whole")
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop for center_crop/sliding")
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
@@ -107,6 +115,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(write_report(args.run, args.images))
         return 0
 
+    if args.command == "study":  # many configs: each run writes its own config.yaml, DIR/ gets study.yaml
+        from raysemi.pipelines.study import run_study
+
+        return run_study(args)
+
     if args.command == "pseudo-label":  # the flags are config values: config.yaml records them
         args.set += ["pseudo.skip_bad=true"] * args.skip_bad + ["pseudo.write_weights=true"] * args.write_weights
     cfg = load_config(args.config, args.set, args.data_root)  # validated before any Ray work
@@ -120,7 +133,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from raysemi.rundir import RunDir
 
         run = RunDir(args.run)
-        run.write_text("config.yaml", dump_yaml(cfg))
+        # the run's record of how it was made: commands that only read a run leave it as it was
+        if args.command not in ("eval", "predict") and not (args.command == "split" and args.out):
+            run.write_text("config.yaml", dump_yaml(cfg))
 
     if args.command == "teachers":
         from raysemi.pipelines.teachers import run_teachers
@@ -152,8 +167,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "eval":
         from raysemi.serve import evaluate_checkpoint
 
-        result = evaluate_checkpoint(_checkpoint(args, run), cfg, args.split, args.mode, args.crop, args.flip,
-                                     explicit_data=bool(args.config or args.set))
+        split = run.path("splits", "holdout.txt") if args.split == "holdout" and run is not None else args.split
+        result = evaluate_checkpoint(_checkpoint(args, run), cfg, split, args.mode, args.crop, args.flip,
+                                     explicit_data=bool(args.config or any(s.startswith("data.") for s in args.set)))
         if run is not None:
             name = Path(result["checkpoint"].split("?")[0]).parent.name
             run.write_text(f"eval/{name}-{Path(args.split).stem}.json", json.dumps(result, indent=2))
@@ -176,15 +192,17 @@ def _checkpoint(args: argparse.Namespace, run) -> str:
 
 
 def _split(args: argparse.Namespace, cfg, run) -> None:
-    from raysemi.pipelines.common import draw_split, resolve_data_root, write_splits
+    from raysemi.pipelines.common import draw_split, holdout_items, resolve_data_root, write_splits
 
     if not args.out and run is None:
         raise ConfigError("split: give --out DIR or --run DIR")
     out = args.out or run.path("splits")
     root = resolve_data_root(cfg)
-    labeled, unlabeled = draw_split(cfg, root, args.fraction, args.seed)
-    write_splits(out, root, labeled, unlabeled)
-    print(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled -> {out}")
+    holdout = holdout_items(cfg, root)
+    labeled, unlabeled = draw_split(cfg, root, args.fraction, args.seed, holdout=holdout)
+    write_splits(out, root, labeled, unlabeled, holdout=holdout)
+    print(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled" + (f", {len(holdout)} held out" if holdout else "")
+          + f" -> {out}")
 
 
 if __name__ == "__main__":

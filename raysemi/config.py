@@ -29,6 +29,12 @@ class DataConfig:
     labeled_split: str = ""  # ST++/UniMatch split file; given, it replaces fraction and seed
     unlabeled_split: str = ""
     val_split: str = ""  # split file; default: the dataset's own val list
+    # Images held out from everything: never trained on (labeled or unlabeled) and never used to select a
+    # model; every evaluation scores them beside val. A split file, and/or for CamVid whole video sequences
+    # (the id's prefix before "_", e.g. 0006R0): val is one sequence that also fills most of train, so a
+    # gain on val alone can come from pseudo-labeled neighbours of the val frames.
+    holdout_split: str = ""
+    holdout_sequences: list[str] = field(default_factory=list)
     image_size: list[int] | None = None  # [H, W] resize at load time (CPU-sized runs)
     crop_size: list[int] = field(default_factory=lambda: [321, 321])  # [H, W]
     scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
@@ -56,6 +62,9 @@ class DataConfig:
             _bad("data.unlabeled_split", self.unlabeled_split, "set together with data.labeled_split")
         if self.loader_workers < 0:
             _bad("data.loader_workers", self.loader_workers, ">= 0")
+        if self.holdout_sequences and self.dataset != "camvid":
+            _bad("data.holdout_sequences", self.holdout_sequences,
+                 "empty for dataset " + repr(self.dataset) + " (CamVid only: use data.holdout_split)")
 
 
 @dataclass
@@ -89,6 +98,9 @@ class TrainConfig:
     eval_mode: Literal["whole", "center_crop", "sliding"] = "whole"
     eval_crop: list[int] | None = None  # [H, W]; default data.crop_size
     eval_flip: bool = False
+    # native: predictions are upsampled to each mask's own size before scoring, as published CamVid, VOC and
+    # Cityscapes numbers are; input: masks are resized to the model's input (data.image_size), cheaper
+    eval_at: Literal["native", "input"] = "native"
     log_every: int = 20  # iterations between progress lines
     num_workers: int = 1  # Ray Train workers per run
     use_gpu: bool = False
@@ -178,7 +190,9 @@ class RWMSConfig:
     teacher-2 choice           teachers.t2 (PSPNet R50, DeepLabv2 R101, DeepLabv3+ R101)
 
     `compare` adds stages trained in the same run, on the same schedule, for the final table:
-    "suponly" (the student model on D_l alone) and "baseline" (the Baseline above).
+    "suponly" (the student model on D_l alone), "baseline" (the Baseline above) and "oracle" (S2's
+    recipe on D_l + all of U with U's TRUE masks in place of pseudo labels, weight 1: the most pseudo
+    labels on U can buy at this budget; it needs a dataset whose unlabeled images have masks).
     """
 
     student: ModelConfig | None = None  # S1 and S2; default: the same model as teachers.t1
@@ -195,7 +209,7 @@ class RWMSConfig:
     # CPUs (torch threads) per worker of the students and the comparison stages; default: train's.
     # The comparison stages (SupOnly, Baseline) train beside the S1 -> S2 chain.
     cpus_per_worker: int | None = None
-    compare: list[str] = field(default_factory=list)  # "suponly", "baseline"
+    compare: list[str] = field(default_factory=list)  # "suponly", "baseline", "oracle"
 
     def validate(self) -> None:
         if self.phases not in (1, 2):
@@ -210,8 +224,8 @@ class RWMSConfig:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 _bad(f"rwms.{key}", getattr(self, key), ">= 1")
         for i, name in enumerate(self.compare):
-            if name not in ("suponly", "baseline"):
-                _bad(f"rwms.compare[{i}]", name, "'suponly' or 'baseline'")
+            if name not in ("suponly", "baseline", "oracle"):
+                _bad(f"rwms.compare[{i}]", name, "'suponly', 'baseline' or 'oracle'")
 
 
 @dataclass
@@ -229,7 +243,9 @@ class UCCConfig:
                            raysemi.methods.ugrm; "text", the prose's reading, is the default)
 
     `compare: [suponly]` trains the config's `model` on the labeled images alone, beside UCC, on the
-    same schedule, for the final table.
+    same schedule, for the final table; "oracle" trains it on the labeled images plus U with U's TRUE
+    masks, unlabeled_batch_size of them a step beside the labeled batch (weak augmentation, weight 1,
+    lam 1): the most labels on U can buy at this budget.
     """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="crosshead"))
@@ -246,7 +262,7 @@ class UCCConfig:
     paste_classes: int = 1  # classes per paste ("pixels belonging to one specific category")
     confidence_momentum: float = 0.999  # alpha of Eq. 6 (AEL's value; the paper gives none)
     strong_max_ops: int = 3  # N ~ U{1..strong_max_ops} operations from the pool of nine per view
-    compare: list[str] = field(default_factory=list)  # "suponly"
+    compare: list[str] = field(default_factory=list)  # "suponly", "oracle"
 
     def validate(self) -> None:
         if self.model.arch not in ("crosshead", "crossmodel"):
@@ -267,8 +283,8 @@ class UCCConfig:
         if not 1 <= self.strong_max_ops <= 9:
             _bad("ucc.strong_max_ops", self.strong_max_ops, "in [1, 9] (the pool has nine operations)")
         for i, name in enumerate(self.compare):
-            if name != "suponly":
-                _bad(f"ucc.compare[{i}]", name, "'suponly'")
+            if name not in ("suponly", "oracle"):
+                _bad(f"ucc.compare[{i}]", name, "'suponly' or 'oracle'")
 
 
 @dataclass
@@ -298,6 +314,9 @@ class Config:
                            ("rwms.student", self.rwms.student)):
             if model is not None:
                 model.validate(key)
+        if self.train.eval_mode == "center_crop" and self.train.eval_at == "native" and self.data.image_size:
+            _bad("train.eval_mode", "center_crop", "'whole' or 'sliding' with train.eval_at 'native' and a "
+                 "data.image_size (a crop of the resized image has no native-size counterpart), or eval_at 'input'")
         if self.ray.num_cpus is not None and self.ray.num_cpus < 1:
             _bad("ray.num_cpus", self.ray.num_cpus, ">= 1")
 

@@ -34,7 +34,8 @@ from raysemi.train.checkpoint import load_model
 REPORT_FILE = "report.md"
 FIGURE_DIR = "report"
 IGNORE = 255
-LOSS_COLOUR, MIOU_COLOUR = "#264653", "#e76f51"
+SCORE_COLUMNS = ("val_miou", "holdout_miou", "val_miou_last", "holdout_miou_last")
+LOSS_COLOUR, MIOU_COLOUR, HOLDOUT_COLOUR = "#264653", "#e76f51", "#2a9d8f"
 PANEL = 2.6  # inches per image in the predictions grid (260 px at 100 dpi)
 
 
@@ -53,6 +54,7 @@ def write_report(location: str, n_images: int = 4) -> str:
         lines += ["No training stage has finished yet: there is no per-class IoU and no prediction to show.", ""]
     lines += [f"- {name}: {why}" for name, why in problems.items()]
     lines += _class_section(training, finished, models)
+    lines += _class_section(training, finished, models, "holdout")
     for name, rec in stages.items():
         lines += _pseudo_section(run, name, rec) if name.startswith("pseudo") else []
     lines += _sweep_section(run, stages["tune"]) if "tune" in stages else []
@@ -106,9 +108,12 @@ def _wall_time(rec: dict) -> str | None:
 def _stage_table(stages: dict) -> list[str]:
     if not stages:
         return ["No stage is recorded in this run's manifest yet."]
-    rows = [[name, rec.get("status", "unknown"), _percent(rec.get("val_miou")), rec.get("best_epoch"),
+    rows = [[name, rec.get("status", "unknown"), *(_percent(rec.get(k)) for k in SCORE_COLUMNS), rec.get("best_epoch"),
              _wall_time(rec), (rec.get("error") or "")[:120]] for name, rec in stages.items()]
-    return _table(["stage", "status", "val mIoU %", "best epoch", "wall time", "error"], rows)
+    return [*_table(["stage", "status", "val mIoU %", "holdout mIoU %", "val (last) %", "holdout (last) %",
+                     "selected epoch", "wall time", "error"], rows), "",
+            "val and holdout: the model selected on val (the one a stage hands on); last: the last evaluation's "
+            "model. The holdout images are never trained on and never used to select."]
 
 
 def _load_models(run: RunDir, finished: dict) -> tuple[dict, dict]:
@@ -126,18 +131,24 @@ def _load_models(run: RunDir, finished: dict) -> tuple[dict, dict]:
     return models, problems
 
 
-def _class_section(training: dict, finished: list[str], models: dict) -> list[str]:
-    columns = [name for name in finished if training[name].get("iou_per_class")]
+def _class_section(training: dict, finished: list[str], models: dict, split: str = "val") -> list[str]:
+    """Per-class IoU of each stage's selected model on `split` ("val" or "holdout"), its mean below:
+    the mean row is the mean of the column above it (the classes that occur)."""
+    key, mean_key = ("iou_per_class", "val_miou") if split == "val" else (f"{split}_iou_per_class", f"{split}_miou")
+    title = f"## Per-class IoU ({split}, %, the model selected on val)"
+    columns = [name for name in finished if training[name].get(key)]
     if not columns:
-        return ["", "## Per-class IoU (val, %)", "", "No finished stage recorded per-class IoU."] if training else []
-    n = len(training[columns[0]]["iou_per_class"])
+        if split != "val":  # a run without a holdout has no such section
+            return []
+        return ["", title, "", "No finished stage recorded per-class IoU."] if training else []
+    n = len(training[columns[0]][key])
     names = next(iter(models.values()))[1]["class_names"] if models else []
     names = names if len(names) == n else [f"class_{i}" for i in range(n)]  # no bundle to name them
-    rows = [[name] + [_percent(training[s]["iou_per_class"][i]) for s in columns] for i, name in enumerate(names)]
-    rows.append(["**mean (val mIoU)**"] + [_percent(training[s].get("val_miou")) for s in columns])
-    lines = ["", "## Per-class IoU (val, %)", "", *_table(["class", *columns], rows)]
-    absent = any(v is None for s in columns for v in training[s]["iou_per_class"])
-    lines += ["", "A dash: the class does not occur in the val split (its IoU is undefined)."] if absent else []
+    rows = [[name] + [_percent(training[s][key][i]) for s in columns] for i, name in enumerate(names)]
+    rows.append([f"**mean ({split} mIoU)**"] + [_percent(training[s].get(mean_key)) for s in columns])
+    lines = ["", title, "", *_table(["class", *columns], rows)]
+    absent = any(v is None for s in columns for v in training[s][key])
+    lines += ["", f"A dash: the class does not occur in the {split} images (its IoU is undefined)."] if absent else []
     return lines + ["", *_not_shown(training, columns)]
 
 
@@ -196,11 +207,12 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _read_metrics(run: RunDir, stage: str) -> tuple[list, list]:
-    """(iteration, loss) of the training rows and (iteration, val mIoU) of the validation rows."""
+    """(iteration, loss) of the training rows, (iteration, val mIoU) and (iteration, holdout mIoU) of the evaluations."""
     rows = list(csv.DictReader(io.StringIO(run.read_text(f"{stage}/metrics.csv"))))
     loss = [(int(r["iteration"]), float(r["loss"])) for r in rows if r.get("loss")]
     val = [(int(r["iteration"]), float(r["val_miou"])) for r in rows if r.get("val_miou")]
-    return loss, val
+    holdout = [(int(r["iteration"]), float(r["holdout_miou"])) for r in rows if r.get("holdout_miou")]
+    return loss, val, holdout
 
 
 def _loss_section(run: RunDir, training: dict) -> list[str]:
@@ -210,17 +222,20 @@ def _loss_section(run: RunDir, training: dict) -> list[str]:
         return lines + ([] if training else ["No training stage recorded."])
     fig = _figure(5.0, 3.0 * len(with_csv))
     for ax, name in zip(fig.subplots(len(with_csv), 1, squeeze=False)[:, 0], with_csv):
-        loss, val = _read_metrics(run, name)
+        loss, val, holdout = _read_metrics(run, name)
         ax.set_title(f"{name} ({training[name].get('status', 'unknown')})")
         ax.set_xlabel("iteration")
         if loss:
             ax.plot(*zip(*loss), color=LOSS_COLOUR, marker="o" if len(loss) == 1 else None)  # one point: still seen
         ax.set_ylabel("train loss", color=LOSS_COLOUR)
-        if val:  # val mIoU on its own axis: another scale
+        if val:  # mIoU on its own axis: another scale
             twin = ax.twinx()
-            twin.plot(*zip(*val), "o-", color=MIOU_COLOUR)
+            twin.plot(*zip(*val), "o-", color=MIOU_COLOUR, label="val")
+            if holdout:
+                twin.plot(*zip(*holdout), "s--", color=HOLDOUT_COLOUR, label="holdout")
+                twin.legend(loc="lower right", fontsize=8)
             twin.set_ylim(0, 1)
-            twin.set_ylabel("val mIoU", color=MIOU_COLOUR)
+            twin.set_ylabel("mIoU", color=MIOU_COLOUR)
     rel = f"{FIGURE_DIR}/loss_curves.png"
     run.write_bytes(rel, _png(fig))
     return lines + ["", f"![loss curves]({rel})"]

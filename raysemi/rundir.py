@@ -2,7 +2,8 @@
 
 Layout:
   manifest.json      every stage: status, input fingerprint, timestamps, outputs, metrics
-  summary.json       a machine-readable view of the manifest: per stage val mIoU, times, checkpoint
+  summary.json       a machine-readable view of the manifest: per stage val and holdout mIoU (selected
+                     on val, and last), times, checkpoint
   config.yaml        the resolved configuration of the last command
   splits/            labeled / unlabeled / val split files
   <stage>/           a stage's artifacts (best.pt, metrics.csv, tb/)
@@ -104,7 +105,8 @@ class RunDir:
             return dict(rec)
 
     def _write_summary(self, man: dict) -> None:
-        keys = ("status", "val_miou", "started", "ended", "checkpoint", "loop_started", "loop_ended")
+        keys = ("status", "val_miou", "holdout_miou", "val_miou_last", "holdout_miou_last", "best_epoch", "started",
+                "ended", "checkpoint", "loop_started", "loop_ended")
         stages = {name: {k: rec.get(k) for k in keys} for name, rec in man["stages"].items()}
         self.write_text("summary.json", json.dumps({"run": self.root, "stages": stages}, indent=2))
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from raysemi.config import Config
+from raysemi.config import Config, ConfigError
 from raysemi.data.datasets import DataError, SegmentationDataset, dataset_info, list_items, load_image
 from raysemi.data.splits import read_split_file
 from raysemi.data.transforms import normalize
@@ -32,13 +32,19 @@ def evaluate_checkpoint(checkpoint: str, cfg: Config, split: str = "val", mode: 
     root = resolve_data_root(cfg)
     items = list_items(dataset, root, split) if split in ("val", "train") else read_split_file(split, root)
     info = dataset_info(dataset, bundle["num_classes"])
-    ds = SegmentationDataset(items, info, tuple(image_size) if image_size else None)
+    native = cfg.train.eval_at == "native"
+    if native and image_size and mode == "center_crop":
+        raise ConfigError("eval --mode center_crop scores a crop of the resized image: it needs "
+                          "--set train.eval_at=input (masks at the model's input size)")
+    ds = SegmentationDataset(items, info, tuple(image_size) if image_size else None, native_masks=native)
     crop_size = tuple(crop) if crop else (tuple(cfg.data.crop_size) if mode != "whole" else None)
     cm = evaluate(model, ds, info.num_classes, mode=mode, crop_size=crop_size, flip=flip)
     miou = mean_iou(cm)
     print(format_iou_table(cm, info.class_names))
-    print(f"{checkpoint}: {split} mIoU {100 * miou:.2f} over {len(items)} images (mode {mode}, flip {flip})")
+    at = "the masks' native size" if native else "the model's input size"
+    print(f"{checkpoint}: {split} mIoU {100 * miou:.2f} over {len(items)} images (mode {mode}, flip {flip}, scored at {at})")
     return {"checkpoint": str(checkpoint), "split": split, "mode": mode, "flip": flip, "images": len(items),
+            "eval_at": cfg.train.eval_at,
             "miou": miou, "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)],
             "confusion_matrix": cm.tolist()}
 

@@ -52,7 +52,8 @@ def build_run(location, data_root, models=("t1", "t2")) -> RunDir:
     run.write_text("s1/metrics.csv", metrics_csv([(1, 5, 1.4, "")]))  # a stage still training
     run.update_stage("t1", status="done", started="2026-11-22T02:40:11.123", ended="2026-11-22T03:00:38.500",
                      checkpoint=run.path("t1", "best.pt"), val_miou=0.5123, best_epoch=4,
-                     iou_per_class=[0.9, 0.4, None], loop_started=1795308000.0, loop_ended=1795309200.0)
+                     iou_per_class=[0.9, 0.1246, None], holdout_miou=0.4, holdout_iou_per_class=[0.7, 0.1, None],
+                     val_miou_last=0.5, holdout_miou_last=0.41, loop_started=1795308000.0, loop_ended=1795309200.0)
     run.update_stage("t2", status="done", started="2026-11-22T02:40:11.000", ended="2026-11-22T04:05:20.600",
                      checkpoint=run.path("t2", "best.pt"), val_miou=0.4875, best_epoch=3,
                      iou_per_class=[0.85, 0.125, None], loop_started=1795308000.0, loop_ended=1795309200.0)
@@ -88,22 +89,39 @@ def test_stage_table_names_every_stage(report):
     assert location == run.path("report.md")
     assert text.startswith(f"# Run report: `{run.root}`\n")
     assert "run started 2026-11-22 02:40" in text
-    assert "| t1 | done | 51.23 | 4 | 20m 27s | - |" in text
-    assert "| t2 | done | 48.75 | 3 | 1h 25m 10s | - |" in text
-    assert "| pseudo_teachers | done | - | - | 1m 30s | - |" in text
-    assert "| s1 | running | - | - | - | - |" in text  # unfinished: listed, with no time
-    assert "| s2 | failed | - | - | 0m 05s | RuntimeError: out of memory \\| on worker 0 |" in text
+    assert ("| stage | status | val mIoU % | holdout mIoU % | val (last) % | holdout (last) % | selected epoch | "
+            "wall time | error |") in text
+    assert "| t1 | done | 51.23 | 40.00 | 50.00 | 41.00 | 4 | 20m 27s | - |" in text
+    assert "| t2 | done | 48.75 | - | - | - | 3 | 1h 25m 10s | - |" in text  # a stage without a holdout
+    assert "| pseudo_teachers | done | - | - | - | - | - | 1m 30s | - |" in text
+    assert "| s1 | running | - | - | - | - | - | - | - |" in text  # unfinished: listed, with no time
+    assert "| s2 | failed | - | - | - | - | - | 0m 05s | RuntimeError: out of memory \\| on worker 0 |" in text
 
 
 def test_per_class_table_has_class_names_and_values(report):
     _, _, text = report
     assert "| class | t1 | t2 |" in text
     assert "| background | 90.00 | 85.00 |" in text
-    assert "| disc | 40.00 | 12.50 |" in text
+    assert "| disc | 12.46 | 12.50 |" in text
     assert "| box | - | - |" in text  # absent from val
-    assert "A dash: the class does not occur in the val split" in text
+    assert "A dash: the class does not occur in the val images" in text
     assert "| **mean (val mIoU)** | 51.23 | 48.75 |" in text
     assert "Not shown: s1 (running), s2 (failed)." in text
+    holdout = text.split("## Per-class IoU (holdout, %, the model selected on val)")[1]
+    assert "| class | t1 |" in holdout and "| disc | 10.00 |" in holdout and "| **mean (holdout mIoU)** | 40.00 |" in holdout
+
+
+@pytest.mark.parametrize("split", ["val", "holdout"])
+def test_each_per_class_column_averages_to_its_mean_row(report, split):
+    """The per-class column is the selected model's, so it averages (over the classes shown) to the mean row."""
+    _, _, text = report
+    section = text.split(f"## Per-class IoU ({split}, %, the model selected on val)")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    header, body, mean = rows[0], rows[1:-1], rows[-1]
+    assert mean[0] == f"**mean ({split} mIoU)**" and len(header) >= 2
+    for col in range(1, len(header)):
+        values = [float(r[col]) for r in body if r[col] != "-"]
+        assert np.mean(values) == pytest.approx(float(mean[col]), abs=0.006)
 
 
 def test_pseudo_section_copies_figures_and_names_the_missing_one(report):
@@ -144,7 +162,7 @@ def test_missing_data_still_gives_a_report(tmp_path, synthetic_root):
     shutil.rmtree(data / "val" / "images")
     write_report(run.root)
     text = run.read_text("report.md")
-    assert "| t1 | done | 51.23 |" in text and "| disc | 40.00 | 12.50 |" in text
+    assert "| t1 | done | 51.23 |" in text and "| disc | 12.46 | 12.50 |" in text
     assert "![loss curves](report/loss_curves.png)" in text
     assert (f"Not drawn: {run.path('splits', 'val.txt')}:1: listed file {data}/val/images/val_0000.png "
             "does not exist") in text  # the run's split file is named, not a temporary copy
@@ -176,7 +194,7 @@ def test_finished_stage_without_model_file(tmp_path):
                      checkpoint=run.path("t1", "best.pt"), val_miou=0.25, best_epoch=1, iou_per_class=[0.25, None])
     write_report(run.root)
     text = run.read_text("report.md")
-    assert "| t1 | done | 25.00 | 1 | 1m 00s | - |" in text
+    assert "| t1 | done | 25.00 | - | - | - | 1 | 1m 00s | - |" in text
     assert "- t1: finished, but its model cannot be loaded (FileNotFoundError: checkpoint not found:" in text
     assert "| class_0 | 25.00 |" in text  # no bundle: generic class names
     assert "| class_1 | - |" in text
@@ -207,7 +225,7 @@ def test_report_of_a_run_on_s3(s3_bucket, synthetic_root, capsys):
     assert main(["report", "--run", location, "--images", "1"]) == 0
     assert capsys.readouterr().out.strip() == run.path("report.md")
     text = run.read_text("report.md")
-    assert "| t1 | done | 51.23 | 4 | 20m 27s | - |" in text and "| disc | 40.00 | 12.50 |" in text
+    assert "| t1 | done | 51.23 | 40.00 | 50.00 | 41.00 | 4 | 20m 27s | - |" in text and "| disc | 12.46 | 12.50 |" in text
     assert "- t2: finished, but its model cannot be loaded (FileNotFoundError: checkpoint not found:" in text
     assert "Columns: image, ground truth, then t1;" in text
     assert png(run, "report/predictions.png").shape == (300, 780, 3)  # 3 columns

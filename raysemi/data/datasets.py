@@ -301,14 +301,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
     `(image, mask)` or `(image, mask, maps)` (so `WeakAugment` can be passed as it is).
     Each sample is a dict: "image" float32 3xHxW (ImageNet-normalised), "mask" int64 HxW (only for
     items with a mask), "id" and "index".
+
+    `native_masks` (evaluation): only the image is resized to image_size, the mask keeps its own
+    size, so a prediction upsampled to it is scored at the labels' resolution.
     """
 
     def __init__(self, items: list[Item], info: DatasetInfo, image_size: tuple[int, int] | None = None,
-                 transform=None):
+                 transform=None, native_masks: bool = False):
+        if native_masks and transform is not None:
+            raise ValueError("native_masks is for evaluation: a transform would move image and mask apart")
         self.items = list(items)
         self.info = info
         self.image_size = tuple(image_size) if image_size is not None else None
         self.transform = transform
+        self.native_masks = native_masks
 
     def __len__(self) -> int:
         return len(self.items)
@@ -322,7 +328,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise DataError(f"image {item.image} is {image.shape[1]}x{image.shape[0]} but mask {item.mask} "
                             f"is {mask.shape[1]}x{mask.shape[0]} (WxH)")
         if self.image_size is not None:
-            image, mask = resize_pair(image, mask, self.image_size)
+            image, resized = resize_pair(image, None if self.native_masks else mask, self.image_size)
+            mask = mask if self.native_masks else resized
         return image, mask
 
     def __getitem__(self, i: int) -> dict:

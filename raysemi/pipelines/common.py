@@ -1,7 +1,7 @@
 """Pieces every pipeline shares: where the data is, which images are labeled, one training stage."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from raysemi.config import Config, ConfigError, ModelConfig
@@ -39,24 +39,56 @@ class DataPlan:
     labeled: list[Item]
     unlabeled: list[Item]
     val: list[Item]
+    holdout: list[Item] = field(default_factory=list)  # never trained on, never used to select
 
 
-def draw_split(cfg: Config, root: str, fraction: str | None = None, seed: int | None = None) -> tuple[list[Item], list[Item]]:
-    """Labeled and unlabeled items: the config's split files, or a seeded fraction of the train list."""
+def holdout_items(cfg: Config, root: str) -> list[Item]:
+    """The images held out from training and selection: data.holdout_split's, and the train images of
+    the CamVid sequences data.holdout_sequences names (an id's file name up to its first "_")."""
     dc = cfg.data
+    found = {it.id: it for it in (read_split_file(dc.holdout_split, root) if dc.holdout_split else [])}
+    if dc.holdout_sequences:
+        wanted = set(dc.holdout_sequences)
+        train = list_items(dc.dataset, root, "train")
+        chosen = [it for it in train if it.id.rsplit("/", 1)[-1].split("_", 1)[0] in wanted]
+        empty = sorted(wanted - {it.id.rsplit("/", 1)[-1].split("_", 1)[0] for it in chosen})
+        if empty:
+            present = sorted({it.id.rsplit("/", 1)[-1].split("_", 1)[0] for it in train})
+            raise ConfigError(f"data.holdout_sequences: no train image of sequence {empty[0]!r} in {root}; "
+                              f"its sequences are {', '.join(present)}")
+        found.update((it.id, it) for it in chosen)
+    return sorted(found.values(), key=lambda it: it.id)
+
+
+def draw_split(cfg: Config, root: str, fraction: str | None = None, seed: int | None = None,
+               holdout: list[Item] = ()) -> tuple[list[Item], list[Item]]:
+    """Labeled and unlabeled items: the config's split files, or a seeded fraction of the train list
+    less the holdout images. Split files that list a holdout image are refused."""
+    dc = cfg.data
+    held = {it.id for it in holdout}
     if dc.labeled_split:
-        return (read_split_file(dc.labeled_split, root),
-                read_split_file(dc.unlabeled_split, root) if dc.unlabeled_split else [])
+        lists = {key: read_split_file(getattr(dc, key), root) if getattr(dc, key) else []
+                 for key in ("labeled_split", "unlabeled_split")}
+        for key, listed in lists.items():
+            clash = [it.id for it in listed if it.id in held]
+            if clash:
+                raise DataError(f"{getattr(dc, key)} (data.{key}) lists {len(clash)} holdout image(s), e.g. "
+                                f"{clash[0]!r}: held-out images are never trained on")
+        return lists["labeled_split"], lists["unlabeled_split"]
     fraction = parse_fraction(fraction or dc.labeled_fraction)
-    return make_split(list_items(dc.dataset, root, "train"), fraction, dc.split_seed if seed is None else seed)
+    pool = [it for it in list_items(dc.dataset, root, "train") if it.id not in held]
+    return make_split(pool, fraction, dc.split_seed if seed is None else seed)
 
 
-def write_splits(folder: str, root: str, labeled: list[Item], unlabeled: list[Item], val: list[Item] | None = None) -> None:
-    """labeled.txt, unlabeled.txt (and val.txt) in a folder: a local path or a run directory's URI."""
+def write_splits(folder: str, root: str, labeled: list[Item], unlabeled: list[Item], val: list[Item] | None = None,
+                 holdout: list[Item] = ()) -> None:
+    """labeled.txt, unlabeled.txt (and val.txt, holdout.txt) in a folder: a local path or a run directory's URI."""
     write_split_file(storage.join(folder, "labeled.txt"), labeled, root)
     write_split_file(storage.join(folder, "unlabeled.txt"), unlabeled, root, with_masks=False)
     if val is not None:
         write_split_file(storage.join(folder, "val.txt"), val, root)
+    if holdout:
+        write_split_file(storage.join(folder, "holdout.txt"), holdout, root)
 
 
 def plan_data(cfg: Config, run: RunDir, write: bool = True) -> DataPlan:
@@ -64,14 +96,19 @@ def plan_data(cfg: Config, run: RunDir, write: bool = True) -> DataPlan:
     dc = cfg.data
     root = resolve_data_root(cfg)
     info = dataset_info(dc.dataset, dc.num_classes)
-    labeled, unlabeled = draw_split(cfg, root)
+    holdout = holdout_items(cfg, root)
+    labeled, unlabeled = draw_split(cfg, root, holdout=holdout)
     val = read_split_file(dc.val_split, root) if dc.val_split else list_items(dc.dataset, root, "val")
-    missing = [it.image for it in labeled + val if it.mask is None]
+    missing = [it.image for it in labeled + val + holdout if it.mask is None]
     if missing:
-        raise DataError(f"labeled and val images need masks; none found for {missing[0]} ({len(missing)} in all)")
+        raise DataError(f"labeled, val and holdout images need masks; none found for {missing[0]} ({len(missing)} in all)")
+    clash = sorted({it.id for it in val} & {it.id for it in holdout})
+    if clash:
+        raise DataError(f"{len(clash)} image(s) are both in val and in the holdout, e.g. {clash[0]!r}: the holdout "
+                        "must be images that select nothing")
     if write:
-        write_splits(run.path("splits"), root, labeled, unlabeled, val)
-    return DataPlan(info, root, labeled, unlabeled, val)
+        write_splits(run.path("splits"), root, labeled, unlabeled, val, holdout)
+    return DataPlan(info, root, labeled, unlabeled, val, holdout)
 
 
 def check_items(items: list[Item]) -> None:
@@ -117,9 +154,34 @@ def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_ite
                           f"(ucc.unlabeled_batch_size {ucc['batch_size']} x train.num_workers {tc.num_workers})")
     return TrainJob(stage=stage, model=asdict(model), train=asdict(tc), dataset=dc.dataset,
                     num_classes=plan.info.num_classes, train_items=as_rows(train_items), val_items=as_rows(plan.val),
+                    holdout_items=as_rows(plan.holdout),
                     out_dir=run.local_dir(stage), log_to=None if run.is_local else run.path(stage),
                     crop_size=dc.crop_size, scale=dc.scale, image_size=dc.image_size, loader_workers=dc.loader_workers,
                     pseudo=pseudo, ucc=ucc)
+
+
+def stream_spec(sources: list[tuple[str, list[Item]]], batch_size: int, lam: float, reweight: bool, strong: bool,
+                a: float = 1.0, b: float = 1.0, cutmix: float = 0.0) -> dict:
+    """TrainJob.pseudo: the rows of tables [(table, items)] streamed beside the labeled batches, how they
+    weigh (w = a exp(-b (x - 1)) with reweight, else 1) and are augmented (CutMix belongs to the strong
+    augmentation: none without it), lam of L_s + lam L_u, and how many a batch holds."""
+    mix = {"cutmix": cutmix} if strong and cutmix else {}  # absent when off: earlier runs keep their fingerprints
+    return {**mix, "sources": [{"uri": uri, "ids": [it.id for it in items]} for uri, items in sources],
+            "images": {it.id: it.image for _, items in sources for it in items},
+            "a": a, "b": b, "reweight": reweight, "strong": strong, "lam": lam, "batch_size": batch_size}
+
+
+def train_oracle(run: RunDir, cfg: Config, model: ModelConfig, plan: DataPlan, batch_size: int, lam: float = 1.0,
+                 strong: bool = False, cutmix: float = 0.0) -> dict:
+    """The Oracle stage: `model` trained as a student is, on the labeled images plus U with U's TRUE masks
+    in place of pseudo labels (weight 1 on every labeled pixel), the caller's batch composition, lam and
+    augmentation, the same schedule. The most any pseudo labels on U can buy at this budget."""
+    from raysemi.pseudo import write_truth_table
+
+    truth = write_truth_table(run, "truth", plan.unlabeled, plan.info, cfg.data.image_size)
+    return train_stage(run, "oracle", cfg, model, plan.labeled, plan,
+                       stream_spec([(truth, plan.unlabeled)], batch_size, lam, reweight=False, strong=strong,
+                                   cutmix=cutmix))
 
 
 def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan,
@@ -136,13 +198,14 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
                     if k not in ("log_every", "max_failures", "num_workers", "cpus_per_worker", "resources")}
     tables = [table_meta(s["uri"])["inputs"] for s in pseudo["sources"]] if pseudo else None
     inputs = fingerprint({"model": job.model, "train": train_inputs, "data": [job.dataset, job.train_items, job.val_items,
-                          job.crop_size, job.scale, job.image_size], **({"pseudo": [pseudo, tables]} if pseudo else {}),
-                          **({"ucc": ucc} if ucc else {})})
+                          job.holdout_items, job.crop_size, job.scale, job.image_size],
+                          **({"pseudo": [pseudo, tables]} if pseudo else {}), **({"ucc": ucc} if ucc else {})})
     if run.is_done(stage, inputs):
         rec = run.stage(stage)
-        print(f"[{stage}] already done with these inputs: val mIoU {100 * rec['val_miou']:.2f} ({rec['checkpoint']})")
+        print(f"[{stage}] already done with these inputs: {describe_record(rec)} ({rec['checkpoint']})")
         return rec
-    run.update_stage(stage, status="running", inputs=inputs, started=now(), checkpoint=None, val_miou=None)
+    run.update_stage(stage, status="running", inputs=inputs, started=now(), checkpoint=None,
+                     **dict.fromkeys(SCORE_KEYS))
     best = run.path(stage, "best.pt")
     try:
         metrics = fit(job, cfg.train, run.path("ray"), f"{stage}-{inputs}", best)
@@ -150,7 +213,44 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
         run.update_stage(stage, status="failed", ended=now(), error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
     return run.update_stage(
-        stage, status="done", ended=now(), checkpoint=best, val_miou=metrics.get("best_miou"),
-        best_epoch=metrics.get("best_epoch"), iou_per_class=metrics.get("iou_per_class"),
+        stage, status="done", ended=now(), checkpoint=best, best_epoch=metrics.get("best_epoch"),
+        # the model selected on val (the one handed on), and the last evaluation's model
+        val_miou=metrics.get("best_miou"), holdout_miou=metrics.get("best_holdout_miou"),
+        val_miou_last=metrics.get("val_miou"), holdout_miou_last=metrics.get("holdout_miou"),
+        iou_per_class=metrics.get("iou_per_class"), holdout_iou_per_class=metrics.get("holdout_iou_per_class"),
+        # images each rank trained on since the last evaluation, and how many more than one rank did (DDP: 0)
+        shard_sizes=metrics.get("shard_sizes"), shard_overlap=metrics.get("shard_overlap"),
         loop_started=metrics.get("loop_started"), loop_ended=metrics.get("reported"), node=metrics.get("node"), error=None)
+
+
+# A training stage's scores in the manifest: val and holdout mIoU of the model selected on val and of the
+# last evaluation's model, and the selected model's per-class IoU on both.
+SCORE_KEYS = ("val_miou", "holdout_miou", "val_miou_last", "holdout_miou_last", "iou_per_class",
+              "holdout_iou_per_class", "best_epoch")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def describe_record(rec: dict) -> str:
+    """'val mIoU 42.10, holdout 38.20 (selected at epoch 50)' of a finished stage."""
+    text = f"val mIoU {_pct(rec.get('val_miou'))}"
+    if rec.get("holdout_miou") is not None:
+        text += f", holdout {_pct(rec['holdout_miou'])}"
+    return text + (f" (selected at epoch {rec['best_epoch']})" if rec.get("best_epoch") else "")
+
+
+def results_table(records: dict[str, dict]) -> str:
+    """The printed table of a pipeline: {row name: stage record} -> val and holdout mIoU of the model
+    selected on val and of the last one (holdout columns only when the run holds images out)."""
+    holdout = any(rec.get("holdout_miou") is not None for rec in records.values())
+    keys = ["val_miou", "holdout_miou", "val_miou_last", "holdout_miou_last"] if holdout else ["val_miou", "val_miou_last"]
+    heads = {"val_miou": "val", "holdout_miou": "holdout", "val_miou_last": "val last", "holdout_miou_last": "holdout last"}
+    width = max([10, *map(len, records)])
+    lines = [f"{'model':<{width}} " + " ".join(f"{heads[k]:>12}" for k in keys)]
+    lines += [f"{name:<{width}} " + " ".join(f"{_pct(rec.get(k)):>12}" for k in keys) for name, rec in records.items()]
+    lines.append("mIoU %; val and holdout: the model selected on val; last: the last evaluation's model"
+                 if holdout else "val mIoU %: the model selected on val; last: the last evaluation's model")
+    return "\n".join(lines)
 

@@ -38,7 +38,7 @@ def _plan_same_split(cfg: Config, run: RunDir):
         raise ConfigError(f"the labeled split of this config ({len(plan.labeled)} images) differs from "
                           f"{trained_on}, which the teachers were trained on; "
                           "give pseudo-label the data section the teachers had")
-    write_splits(run.path("splits"), plan.root, plan.labeled, plan.unlabeled, plan.val)
+    write_splits(run.path("splits"), plan.root, plan.labeled, plan.unlabeled, plan.val, plan.holdout)
     return plan
 
 

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from raysemi.config import Config, ModelConfig
 from raysemi.data.datasets import Item
 from raysemi.data.splits import read_split_file
-from raysemi.pipelines.common import DataPlan, check_items, plan_data, train_stage
+from raysemi.pipelines.common import (DataPlan, check_items, plan_data, results_table, stream_spec, train_oracle,
+                                      train_stage)
 from raysemi.pipelines.pseudo import run_pseudo
 from raysemi.pipelines.teachers import run_teachers
 from raysemi.pseudo import run_pass
@@ -32,14 +33,10 @@ def student_config(cfg: Config) -> Config:
 
 
 def pseudo_spec(cfg: Config, sources: list[tuple[str, list[Item]]], reweight: bool, strong: bool) -> dict:
-    """TrainJob.pseudo for a student: [(table, items)] and how to weigh and augment them (CutMix
-    belongs to the strong augmentation: none without it)."""
+    """TrainJob.pseudo for a student: [(table, items)] with the config's weights, lam, CutMix and batch."""
     rw = cfg.rwms
-    mix = {"cutmix": rw.cutmix} if strong and rw.cutmix else {}  # absent when off: earlier runs keep their fingerprints
-    return {**mix, "sources": [{"uri": uri, "ids": [it.id for it in items]} for uri, items in sources],
-            "images": {it.id: it.image for _, items in sources for it in items},
-            "a": cfg.pseudo.a, "b": cfg.pseudo.b, "reweight": reweight, "strong": strong, "lam": rw.lam,
-            "batch_size": rw.pseudo_batch_size or cfg.train.batch_size}
+    return stream_spec(sources, rw.pseudo_batch_size or cfg.train.batch_size, rw.lam, reweight, strong,
+                       cfg.pseudo.a, cfg.pseudo.b, rw.cutmix)
 
 
 def halves(cfg: Config, plan: DataPlan, pass_rec: dict) -> tuple[list[Item], list[Item]]:
@@ -78,12 +75,15 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
         if "baseline" in rw.compare:  # single-stage self-training: T1's labels on all of U, no weights or strong aug
             out["baseline"] = train_stage(run, "baseline", scfg, student, plan.labeled, plan,
                                           pseudo_spec(scfg, [(table, everything)], False, False))
+        if "oracle" in rw.compare:  # S2's recipe with U's true masks: the ceiling of any pseudo labels
+            out["oracle"] = train_oracle(run, scfg, student, plan, rw.pseudo_batch_size or cfg.train.batch_size,
+                                         rw.lam, rw.strong, rw.cutmix)
         return out
 
     found = train_students(cfg, run, plan, table, u1, u2, beside=comparisons, two_lanes=bool(rw.compare))
     if "suponly" in rw.compare and suponly_is_t1:
         found["suponly"] = teachers["t1"]
-    results = {k: found[k] for k in ("suponly", "baseline", "s1", "rwms") if k in found}
+    results = {k: found[k] for k in ("suponly", "baseline", "s1", "rwms", "oracle") if k in found}
     _print_table(teachers, results)
     from raysemi.report import write_report
 
@@ -134,9 +134,6 @@ def _with_both_lanes(cfg: Config, two_lanes: bool) -> Config:
 
 
 def _print_table(teachers: dict, results: dict) -> None:
-    names = {"suponly": "SupOnly", "baseline": "Baseline", "s1": "RWMS S1", "rwms": "RWMS"}
-    print(f"\n{'model':<10} {'val mIoU':>8}")
-    for name, rec in teachers.items():
-        print(f"{name.upper():<10} {100 * rec['val_miou']:>8.2f}")
-    for key, rec in results.items():
-        print(f"{names[key]:<10} {100 * rec['val_miou']:>8.2f}")
+    names = {"suponly": "SupOnly", "baseline": "Baseline", "oracle": "Oracle", "s1": "RWMS S1", "rwms": "RWMS"}
+    rows = {name.upper(): rec for name, rec in teachers.items()} | {names[k]: rec for k, rec in results.items()}
+    print("\n" + results_table(rows))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from raysemi.config import Config
-from raysemi.pipelines.common import check_items, plan_data, train_stage
+from raysemi.pipelines.common import check_items, describe_record, plan_data, train_stage
 from raysemi.rundir import RunDir
 from raysemi.train.ray_fit import init_ray
 
@@ -12,5 +12,5 @@ def run_supervised(cfg: Config, run: RunDir, stage: str = "supervised") -> dict:
     check_items(plan.labeled + plan.val)
     init_ray(cfg.ray)
     rec = train_stage(run, stage, cfg, cfg.model, plan.labeled, plan)
-    print(f"{stage}: {cfg.model.arch} / {cfg.model.backbone} val mIoU {100 * rec['val_miou']:.2f} ({rec['checkpoint']})")
+    print(f"{stage}: {cfg.model.arch} / {cfg.model.backbone} {describe_record(rec)} ({rec['checkpoint']})")
     return rec

@@ -4,7 +4,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from raysemi.config import Config
-from raysemi.pipelines.common import check_items, plan_data, train_stage
+from raysemi.pipelines.common import check_items, plan_data, results_table, train_stage
 from raysemi.rundir import RunDir
 from raysemi.train.ray_fit import init_ray
 
@@ -20,9 +20,7 @@ def run_teachers(cfg: Config, run: RunDir) -> dict[str, dict]:
     with ThreadPoolExecutor(len(TEACHERS)) as pool:
         futures = {name: pool.submit(train_stage, run, name, cfg, models[name], plan.labeled, plan) for name in TEACHERS}
         records = {name: f.result() for name, f in futures.items()}
-    print(f"\n{'teacher':<8} {'model':<36} {'val mIoU':>8}")
-    for name, rec in records.items():
-        m = models[name]
-        print(f"{name:<8} {m.arch + ' / ' + m.backbone:<36} {100 * rec['val_miou']:>8.2f}")
+    print("\n" + results_table({f"{name} ({models[name].arch} / {models[name].backbone})": rec
+                                for name, rec in records.items()}))
     print(f"run directory: {run.root} (summary.json)")
     return records

@@ -10,11 +10,11 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 from raysemi.config import Config
-from raysemi.pipelines.common import DataPlan, as_rows, check_items, plan_data, train_stage
+from raysemi.pipelines.common import DataPlan, as_rows, check_items, plan_data, results_table, train_oracle, train_stage
 from raysemi.rundir import RunDir
 from raysemi.train.ray_fit import init_ray
 
-NAMES = {"suponly": "SupOnly", "ucc": "UCC"}
+NAMES = {"suponly": "SupOnly", "ucc": "UCC", "oracle": "Oracle"}
 
 
 def ucc_spec(cfg: Config, plan: DataPlan) -> dict:
@@ -39,13 +39,13 @@ def run_ucc(cfg: Config, run: RunDir) -> dict[str, dict]:
     jobs = {"ucc": lambda: train_stage(run, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, ucc=ucc_spec(cfg, plan))}
     if "suponly" in cfg.ucc.compare:  # the single-head model on D_l alone, same schedule
         jobs["suponly"] = lambda: train_stage(run, "suponly", cfg, cfg.model, plan.labeled, plan)
+    if "oracle" in cfg.ucc.compare:  # the single-head model on D_l + U with U's true masks, UCC's batch composition
+        jobs["oracle"] = lambda: train_oracle(run, cfg, cfg.model, plan, cfg.ucc.unlabeled_batch_size or cfg.train.batch_size)
     # side by side, as the teachers: each fit() blocks its thread while its own workers train
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = {name: pool.submit(job) for name, job in jobs.items()}
-        results = {name: futures[name].result() for name in ("suponly", "ucc") if name in futures}
-    print(f"\n{'model':<10} {'val mIoU':>8}")
-    for name, rec in results.items():
-        print(f"{NAMES[name]:<10} {100 * rec['val_miou']:>8.2f}")
+        results = {name: futures[name].result() for name in ("suponly", "ucc", "oracle") if name in futures}
+    print("\n" + results_table({NAMES[name]: rec for name, rec in results.items()}))
     from raysemi.report import write_report
 
     print(f"report: {write_report(run.root)}")

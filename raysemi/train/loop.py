@@ -2,8 +2,15 @@
 
 One loop for every supervised stage, the RWMS students and UCC:
 SGD with momentum, head LR x10, poly decay, cross-entropy with ignore (OHEM optional), DDP and
-SyncBN through Ray Train, AMP on GPU, evaluation every N epochs, the best model kept by val mIoU,
-checkpoints through `ray.train.report` and resume from the last one.
+SyncBN through Ray Train, AMP on GPU, evaluation every N epochs on val and the holdout images (at the
+masks' native size unless train.eval_at is "input"), the best model kept by val mIoU alone (the
+holdout is scored, never used to choose), checkpoints through `ray.train.report` and resume from the
+last one.
+
+Seeds: the model's initialisation is the same on every rank (torch.manual_seed(seed), as DDP
+expects); everything random after it is drawn per rank, from (seed, rank): numpy's global RNG and
+each DataLoader's generator, whose draws seed the loader's worker processes, so loader worker i of
+rank 0 and of rank 1 augment differently.
 
 A student job (`TrainJob.pseudo`) adds pseudo-labeled images streamed from Parquet tables to every
 batch: one forward pass over the labeled and pseudo-labeled crops together (as ST++ does), loss
@@ -51,8 +58,9 @@ class TrainJob:
     dataset: str
     num_classes: int
     train_items: list  # [id, image, mask] triples
-    val_items: list
+    val_items: list  # model selection
     out_dir: str  # local and absolute (Train workers change directory): metrics.csv, tb/
+    holdout_items: list = field(default_factory=list)  # scored at every evaluation, never used to select
     crop_size: list[int] = field(default_factory=lambda: [321, 321])
     scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
     image_size: list[int] | None = None
@@ -138,7 +146,7 @@ def _load_pair(d: Path) -> tuple[dict, dict]:
 class _Log:
     """Progress lines on stdout, rows in metrics.csv and TensorBoard scalars (rank 0 only)."""
 
-    FIELDS = ["time", "epoch", "iteration", "loss", "loss_u", "lr", "val_miou"]
+    FIELDS = ["time", "epoch", "iteration", "loss", "loss_u", "lr", "val_miou", "holdout_miou"]
 
     def __init__(self, job: TrainJob, enabled: bool, resume_iteration: int):
         self.stage, self.enabled, self.ray = job.stage, enabled, job.backend == "ray"
@@ -174,7 +182,7 @@ class _Log:
         values["time"] = f"{time.time():.3f}"
         with open(self.csv_path, "a", newline="") as f:
             csv.DictWriter(f, self.FIELDS).writerow(values)
-        for key in ("loss", "loss_u", "lr", "val_miou"):
+        for key in ("loss", "loss_u", "lr", "val_miou", "holdout_miou"):
             if values.get(key) not in (None, ""):
                 self.tb.add_scalar(f"{self.stage}/{key}", float(values[key]), int(values["iteration"]))
         self.tb.flush()
@@ -216,7 +224,7 @@ def _train(job: TrainJob) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(tc.cpus_per_worker)
     torch.manual_seed(tc.seed)  # identical init on every rank
-    np.random.seed(tc.seed + session.rank)
+    np.random.seed(_rank_seed(tc.seed, session.rank, 0))
 
     info = dataset_info(job.dataset, job.num_classes)
     model = build_model(mc.arch, mc.backbone, job.num_classes, mc.output_stride, mc.pretrained, head_width=mc.head_width)
@@ -236,12 +244,13 @@ def _train(job: TrainJob) -> dict:
     train_ds = SegmentationDataset(_items(job.train_items), info, _size(job.image_size),
                                    WeakAugment(tuple(job.crop_size), tuple(job.scale)))
     loader = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=True, drop_last=True,
-                        num_workers=job.loader_workers, persistent_workers=job.loader_workers > 0)
+                        num_workers=job.loader_workers, persistent_workers=job.loader_workers > 0,
+                        generator=rank_generator(tc.seed, session.rank, 1))
     if session.ray:
         import ray.train.torch
 
         loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
-    val_ds = SegmentationDataset(_items(job.val_items[session.rank :: session.world]), info, _size(job.image_size))
+    eval_sets = _eval_sets(job, tc, info, session.rank, session.world)
     pseudo = _pseudo_batches(job, tc, session) if job.pseudo else None
     lam = float(job.pseudo["lam"]) if job.pseudo else 0.0
     ucc, unlabeled = None, None
@@ -254,20 +263,21 @@ def _train(job: TrainJob) -> dict:
     iters_per_epoch = len(loader)
     epochs = math.ceil(tc.iterations / iters_per_epoch) if tc.iterations else tc.epochs
     total = epochs * iters_per_epoch
-    start_epoch, best_miou, best_state, best_epoch = 0, -1.0, None, 0
+    # the model selected on val: its epoch and scores (val and holdout, mean and per class)
+    start_epoch, best, best_state = 0, {"epoch": 0, "val_miou": -1.0}, None
     restored = session.restore()
     if restored:
-        state, best = restored
+        state, best_bundle = restored
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch, best_miou, best_epoch = state["epoch"], state["best_miou"], state["best_epoch"]
-        best_state = best["state_dict"]
+        start_epoch, best = state["epoch"], state["best"]
+        best_state = best_bundle["state_dict"]
         if ucc is not None:
-            ucc.load_state_dict(state["ucc"])
+            _restore_ucc(ucc, state["ucc"], session.rank)
     log = _Log(job, session.rank == 0, start_epoch * iters_per_epoch)
     if restored:
-        log.say(f"resumed from the checkpoint of epoch {start_epoch} (best val mIoU {100 * best_miou:.2f})")
+        log.say(f"resumed from the checkpoint of epoch {start_epoch} (best val mIoU {100 * best['val_miou']:.2f})")
     log.say(f"{len(train_ds)} training images, {iters_per_epoch} iterations/epoch, {epochs} epochs, "
             f"{session.world} worker(s) on {device.type}"
             + (f"; {job.pseudo['batch_size']} pseudo-labeled images per batch, lam {lam:g}" if pseudo else "")
@@ -277,6 +287,7 @@ def _train(job: TrainJob) -> dict:
 
     loop_started = time.time()
     t0, done_iters, step_times = time.time(), 0, []
+    trained_ids: list[str] = []  # this rank's images since the last evaluation (labeled, pseudo-labeled, unlabeled)
     for epoch in range(start_epoch, epochs):
         model.train()
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -287,15 +298,17 @@ def _train(job: TrainJob) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], it, total, tc.poly_power)
             image, mask = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+            extra = next(unlabeled) if ucc is not None else next(pseudo) if pseudo is not None else None
+            trained_ids += batch["id"] + (extra["id"] if extra else [])
             loss_u, stats = None, {}
             with torch.autocast(device.type, enabled=use_amp):
                 if ucc is not None:
-                    u = {k: v.to(device, non_blocking=True) for k, v in next(unlabeled).items() if torch.is_tensor(v)}
+                    u = {k: v.to(device, non_blocking=True) for k, v in extra.items() if torch.is_tensor(v)}
                     loss, loss_u, stats = ucc(model, image, mask, u, it / total)
                 elif pseudo is None:
                     loss = criterion(model(image), mask)
                 else:
-                    u_image, u_mask, u_weight = _mixed(next(pseudo), job.pseudo, tc.seed, it, session.rank)
+                    u_image, u_mask, u_weight = _mixed(extra, job.pseudo, tc.seed, it, session.rank)
                     logits = model(torch.cat([image, u_image.to(device, non_blocking=True)]))
                     n = image.shape[0]
                     loss_u = weighted_cross_entropy(logits[n:], u_mask.to(device), u_weight.to(device))
@@ -320,38 +333,122 @@ def _train(job: TrainJob) -> dict:
 
         if (epoch + 1) % tc.eval_every and epoch + 1 != epochs:
             continue
-        cm = evaluate(unwrap(model), val_ds, job.num_classes, mode=tc.eval_mode,
-                      crop_size=tuple(tc.eval_crop or job.crop_size), flip=tc.eval_flip, device=device)
-        if session.world > 1:  # each rank scored its own share of val
-            t = torch.as_tensor(cm, device=device)
-            torch.distributed.all_reduce(t)
-            cm = t.cpu().numpy()
-        miou = float(mean_iou(cm))
-        if miou > best_miou:
-            best_miou, best_epoch, best_state = miou, epoch + 1, cpu_state_dict(model)
-        log.say(f"epoch {epoch + 1}/{epochs} val mIoU {100 * miou:.2f} (best {100 * best_miou:.2f} at epoch {best_epoch})")
-        log.row(epoch=epoch + 1, iteration=(epoch + 1) * iters_per_epoch, loss="", loss_u="", lr="", val_miou=f"{miou:.5f}")
-        metrics = {"epoch": epoch + 1, "val_miou": miou, "best_miou": best_miou, "best_epoch": best_epoch,
-                   "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)],
+        if session.world > 1:  # DDP syncs BatchNorm's running stats at forward time only: every rank scores rank 0's model
+            for buffer in unwrap(model).buffers():
+                torch.distributed.broadcast(buffer, 0)
+        scores = _scores(_score(model, eval_sets, job, tc, device, session.world))
+        shards = _gathered(sorted(set(trained_ids)), session.world)  # which images each rank trained on
+        trained_ids = []
+        if scores["val_miou"] > best["val_miou"]:  # selection reads val only
+            best, best_state = {"epoch": epoch + 1, **scores}, cpu_state_dict(model)
+        log.say(f"epoch {epoch + 1}/{epochs} {_describe_scores(scores)} "
+                f"(selected: epoch {best['epoch']}, {_describe_scores(best)})")
+        log.row(epoch=epoch + 1, iteration=(epoch + 1) * iters_per_epoch, loss="", loss_u="", lr="",
+                val_miou=f"{scores['val_miou']:.5f}",
+                holdout_miou="" if scores["holdout_miou"] is None else f"{scores['holdout_miou']:.5f}")
+        metrics = {"epoch": epoch + 1, "val_miou": scores["val_miou"], "holdout_miou": scores["holdout_miou"],
+                   "best_epoch": best["epoch"], "best_miou": best["val_miou"], "best_holdout_miou": best["holdout_miou"],
+                   # the selected model's per-class IoU, beside its mean
+                   "iou_per_class": best["iou_per_class"], "holdout_iou_per_class": best["holdout_iou_per_class"],
+                   "shard_sizes": [len(ids) for ids in shards], "shard_overlap": _overlap(shards),
                    "loop_started": loop_started, "reported": time.time(), "node": session.node,
                    # steady state: the first iterations warm up allocators and caches
                    "median_step_s": float(np.median(step_times[5:] or step_times or [0.0]))}
+        ucc_states = _gathered(ucc.state_dict(), session.world) if ucc else None  # every rank's own stream
         with tempfile.TemporaryDirectory() as tmp:
             ckpt_dir = None
             if session.rank == 0:
                 ckpt_dir = tmp
                 save_torch({"model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
-                            "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_miou": best_miou,
-                            "best_epoch": best_epoch, **({"ucc": ucc.state_dict()} if ucc else {})},
+                            "scaler": scaler.state_dict(), "epoch": epoch + 1, "best": best,
+                            **({"ucc": ucc_states} if ucc else {})},
                            Path(tmp) / STATE_FILE)
                 meta = {"num_classes": job.num_classes, "dataset": job.dataset, "class_names": list(info.class_names),
                         "palette": [list(c) for c in info.palette], "image_size": job.image_size,
-                        "epoch": best_epoch, "val_miou": best_miou, "stage": job.stage}
+                        "epoch": best["epoch"], "val_miou": best["val_miou"], "holdout_miou": best["holdout_miou"],
+                        "stage": job.stage}
                 save_torch(make_bundle(best_state, asdict(mc), meta), Path(tmp) / BEST_FILE)
             session.report(metrics, ckpt_dir)
         log.publish()
-    log.say(f"done: best val mIoU {100 * best_miou:.2f} at epoch {best_epoch}")
+    log.say(f"done: selected epoch {best['epoch']}, {_describe_scores(best)}")
     return session.last_metrics
+
+
+def _eval_sets(job: TrainJob, tc: TrainConfig, info, rank: int, world: int) -> dict[str, SegmentationDataset]:
+    """val and, when the run holds images out, holdout: this rank's share of each, the masks at their
+    native size unless train.eval_at is "input"."""
+    rows = {"val": job.val_items, **({"holdout": job.holdout_items} if job.holdout_items else {})}
+    return {name: SegmentationDataset(_items(items[rank::world]), info, _size(job.image_size),
+                                      native_masks=tc.eval_at == "native") for name, items in rows.items()}
+
+
+def _score(model: nn.Module, sets: dict, job: TrainJob, tc: TrainConfig, device, world: int) -> dict[str, np.ndarray]:
+    """Confusion matrix of each evaluation set, summed over the ranks (each scored its own share)."""
+    out = {}
+    for name, ds in sets.items():
+        cm = evaluate(unwrap(model), ds, job.num_classes, mode=tc.eval_mode,
+                      crop_size=tuple(tc.eval_crop or job.crop_size), flip=tc.eval_flip, device=device)
+        if world > 1:
+            t = torch.as_tensor(cm, device=device)
+            torch.distributed.all_reduce(t)
+            cm = t.cpu().numpy()
+        out[name] = cm
+    return out
+
+
+def _scores(cms: dict[str, np.ndarray]) -> dict:
+    """val_miou, iou_per_class, holdout_miou, holdout_iou_per_class (None without a holdout) of one evaluation."""
+    out = {"holdout_miou": None, "holdout_iou_per_class": None}
+    for name, cm in cms.items():
+        prefix = "" if name == "val" else f"{name}_"
+        out[f"{name}_miou"] = float(mean_iou(cm))
+        out[f"{prefix}iou_per_class"] = [None if np.isnan(v) else float(v) for v in iou_per_class(cm)]
+    return out
+
+
+def _describe_scores(scores: dict) -> str:
+    text = f"val mIoU {100 * scores['val_miou']:.2f}"
+    return text if scores.get("holdout_miou") is None else f"{text}, holdout {100 * scores['holdout_miou']:.2f}"
+
+
+def _rank_seed(seed: int, rank: int, stream: int) -> int:
+    """A 32-bit seed of its own for each (seed, rank, stream): seed 1 on rank 0 is not seed 0 on rank 1."""
+    return int(np.random.SeedSequence([seed, rank, stream]).generate_state(1)[0])
+
+
+def rank_generator(seed: int, rank: int, stream: int) -> torch.Generator:
+    """A DataLoader's generator: it orders the samples (one worker) and seeds the loader's worker
+    processes (their torch, numpy and random state), so each rank and stream augments differently.
+    Without one, every rank drew the same seeds from the same torch.manual_seed(seed)."""
+    return torch.Generator().manual_seed(_rank_seed(seed, rank, stream))
+
+
+def _gathered(obj, world: int) -> list:
+    """[rank 0's obj, rank 1's, ...] on every rank (a collective: every rank calls it)."""
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _overlap(shards: list[list[str]]) -> int:
+    """How many images more than one rank trained on since the last evaluation (0: DDP sharded the data)."""
+    counts: dict[str, int] = {}
+    for ids in shards:
+        for i in ids:
+            counts[i] = counts.get(i, 0) + 1
+    return sum(1 for c in counts.values() if c > 1)
+
+
+def _restore_ucc(ucc, states, rank: int) -> None:
+    """Each rank resumes its own copy-paste stream; the class confidence is the same on every rank. A
+    rank that the checkpoint did not have (more workers now) keeps its fresh stream."""
+    states = states if isinstance(states, list) else [states]
+    if rank < len(states):
+        ucc.load_state_dict(states[rank])
+    else:
+        ucc.confidence.load_state_dict(states[0]["confidence"])
 
 
 def _pseudo_batches(job: TrainJob, tc: TrainConfig, session: _Session):
@@ -363,7 +460,8 @@ def _pseudo_batches(job: TrainJob, tc: TrainConfig, session: _Session):
     stream = PseudoStream(p["sources"], p["images"], tuple(job.crop_size), tuple(job.scale), a=p["a"], b=p["b"],
                           reweight=p["reweight"], strong=p["strong"], seed=tc.seed, rank=session.rank,
                           world=session.world)
-    loader = DataLoader(stream, batch_size=p["batch_size"], drop_last=True, num_workers=job.loader_workers)
+    loader = DataLoader(stream, batch_size=p["batch_size"], drop_last=True, num_workers=job.loader_workers,
+                        generator=rank_generator(tc.seed, session.rank, 2))
     return _endless(loader, stream.set_epoch, f"{job.stage}: the pseudo-labeled images give no full batch of "
                     f"{p['batch_size']} per worker ({len(stream)} images, {session.world} worker(s))")
 
@@ -385,7 +483,8 @@ def _unlabeled_batches(job: TrainJob, tc: TrainConfig, session: _Session, info):
     views = UnlabeledViews(_items(u["unlabeled"]), info, tuple(job.crop_size), tuple(job.scale), _size(job.image_size),
                            strong_views=u["settings"]["views"] != "w", strong_max_ops=u["strong_max_ops"])
     loader = DataLoader(views, batch_size=u["batch_size"], shuffle=True, drop_last=True,
-                        num_workers=job.loader_workers, persistent_workers=job.loader_workers > 0)
+                        num_workers=job.loader_workers, persistent_workers=job.loader_workers > 0,
+                        generator=rank_generator(tc.seed, session.rank, 3))
     if session.ray:
         import ray.train.torch
 

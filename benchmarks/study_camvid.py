@@ -1,0 +1,59 @@
+"""The CamVid seed study: RWMS (experiments/camvid/study/rwms.yaml: the main job plus the Oracle) and UCC
+(experiments/camvid/study/ucc.yaml), each whole pipeline on three seeds, so that every row of the table
+is a mean ± sd, not one seed; scored on the held-out sequence 0006R0 at native resolution.
+
+    .venv/bin/python benchmarks/study_camvid.py [--run runs/study-camvid] [--seeds 0,1,2]
+                                                [--data-root D] [--parallel N] [--set k=v ...]
+
+Runs, as a subprocess,
+    raysemi study --config experiments/camvid/study/rwms.yaml --method rwms
+                  --config experiments/camvid/study/ucc.yaml --method ucc --seeds 0,1,2 --run runs/study-camvid
+and prints the table of RUN/study.md. Each RWMS run is a main job plus the Oracle, each UCC run one
+UCC stage: hours for six runs on a laptop (`--methods rwms` runs only the RWMS configs). Each run has its own run
+directory RUN/<config>/split<K>-seed<S>/, so a rerun of this script skips what finished.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = (("experiments/camvid/study/rwms.yaml", "rwms"), ("experiments/camvid/study/ucc.yaml", "ucc"))
+
+
+def study_command(run: str, seeds: str, data_root: str | None = None, parallel: str | None = None,
+                  sets: list[str] = (), methods: tuple[str, ...] = ("rwms", "ucc")) -> list[str]:
+    cmd = [sys.executable, "-m", "raysemi.cli", "study"]
+    for config, method in CONFIGS:
+        if method in methods:
+            cmd += ["--config", str(REPO / config), "--method", method]
+    cmd += ["--seeds", seeds, "--run", run]
+    cmd += ["--data-root", data_root] * bool(data_root) + ["--parallel", parallel] * bool(parallel)
+    for item in sets:
+        cmd += ["--set", item]
+    return cmd
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/study-camvid", help="the study's directory (a rerun resumes)")
+    ap.add_argument("--seeds", default="0,1,2", help="train.seed of the runs (default: 0,1,2)")
+    ap.add_argument("--methods", default="rwms,ucc", help="which configs: rwms, ucc or both (default)")
+    ap.add_argument("--data-root")
+    ap.add_argument("--parallel", help="runs at once (default: raysemi study's auto)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override a config value in every run (repeatable)")
+    args = ap.parse_args()
+    code = subprocess.run(study_command(args.run, args.seeds, args.data_root, args.parallel, args.set,
+                                        tuple(args.methods.split(","))), cwd=REPO).returncode
+    md = Path(REPO, args.run, "study.md") if not Path(args.run).is_absolute() else Path(args.run, "study.md")
+    if md.is_file():
+        table = [line for line in md.read_text().split("## Per seed")[0].splitlines() if line.startswith("|")]
+        print(f"\nCamVid seed study, seeds {args.seeds} ({md}):\n" + "\n".join(table))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

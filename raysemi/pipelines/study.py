@@ -1,0 +1,461 @@
+"""`raysemi study`: seed studies. Each config runs its whole pipeline (RWMS or UCC) once per
+(split seed, seed), each run in its own run directory, then one table gives every model's mean and
+sample sd over the seeds instead of one seed's number.
+
+Layout of the study's directory DIR:
+  study.yaml                      the study's arguments and its runs
+  <name>/split<K>-seed<S>/        one pipeline run (its manifest, config.yaml, stages, report):
+                                  `<name>` is the config file's stem (made unique: ucc, ucc-2)
+  study.csv                       one row per (config, model, split seed, seed), from the manifests
+  study.md                        mean ± sd per (config, model), the difference to SupOnly, per-seed table
+  study.png                       per model, the per-seed values as dots and their mean as a line
+
+Every run is an ordinary pipeline run, so the study resumes as they do: the same command skips
+finished stages and resumes unfinished ones. The aggregation (`summarise`, `csv_text`, `md_text`)
+is plain Python on rows, without Ray.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import statistics
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from raysemi import storage
+from raysemi.config import Config, ConfigError, dump_yaml, load_config
+from raysemi.rundir import RunDir
+
+METHODS = ("rwms", "ucc")
+# The training stages of each pipeline that the table reads, in table order, and their names there.
+STAGES = {"rwms": ("t1", "t2", "suponly", "baseline", "s1", "s2", "oracle"),
+          "ucc": ("suponly", "ucc", "oracle")}
+MODEL_NAMES = {"t1": "T1", "t2": "T2", "suponly": "SupOnly", "baseline": "Baseline", "s1": "S1", "s2": "S2",
+               "oracle": "Oracle", "ucc": "UCC"}
+SUPONLY = "SupOnly"
+COLUMNS = ("config", "method", "model", "split_seed", "seed", "val_selected", "holdout_selected", "val_last",
+           "holdout_last", "best_epoch", "run")
+METRICS = ("val_selected", "holdout_selected", "val_last", "holdout_last")
+# manifest record field of each metric (fractions in [0, 1]; a missing one is empty)
+FIELDS = {"val_selected": "val_miou", "holdout_selected": "holdout_miou", "val_last": "val_miou_last",
+          "holdout_last": "holdout_miou_last"}
+SD_RULE = ("A difference is marked *not separated* when |difference| < sd(model) + sd(SupOnly): the two "
+           "means are closer than their two sample sds (ddof 1) added, so these seeds do not tell them apart.")
+
+
+# --- arguments --------------------------------------------------------------------------------
+
+
+def seed_list(text: str) -> list[int]:
+    """argparse type of --seeds / --split-seeds: comma-separated distinct integers >= 0 ("0,1,2")."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        seeds = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,1,2, got {text!r}") from None
+    if any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is repeated in {text!r}")
+    return seeds
+
+
+def parallel_value(text: str) -> int | str:
+    """argparse type of --parallel: 'auto' or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+    return n
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The `raysemi study` flags (its --config is repeatable, unlike the other commands')."""
+    p.add_argument("--config", action="append", required=True, metavar="FILE.yaml",
+                   help="a config file (repeatable: each one is a row group of the table)")
+    p.add_argument("--method", action="append", required=True, choices=METHODS,
+                   help="the pipeline of the configs: once for all, or once per --config, in order")
+    p.add_argument("--seeds", required=True, type=seed_list, metavar="0,1,2",
+                   help="train.seed of the runs (initialisation, data order, augmentation)")
+    p.add_argument("--split-seeds", type=seed_list, metavar="0,1",
+                   help="data.split_seed of the runs (which images are labeled); default: the config's")
+    p.add_argument("--run", required=True, metavar="DIR", help="the study's directory: DIR/<config>/split<K>-seed<S>/ per run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override one config value in every run (repeatable)")
+    p.add_argument("--data-root", help="dataset folder (default for CamVid: ../shared/datasets/camvid)")
+    p.add_argument("--parallel", type=parallel_value, default="auto", metavar="N|auto",
+                   help="runs at once (default auto: 1 on a local Ray; on a cluster as many as its CPUs hold)")
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyRun:
+    name: str  # the config's name in the study (its file's stem, made unique)
+    config: str  # the config file
+    method: str
+    split_seed: int
+    seed: int
+    run: str  # the run directory
+    cfg: Config = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/split{self.split_seed}-seed{self.seed}"
+
+
+def pair_methods(configs: list[str], methods: list[str]) -> list[str]:
+    """--method once for all configs or once per config."""
+    if len(methods) == 1:
+        return methods * len(configs)
+    if len(methods) != len(configs):
+        raise ConfigError(f"--method: given {len(methods)} times for {len(configs)} --config files; give it once "
+                          "(for every config) or once per --config, in the same order")
+    return list(methods)
+
+
+def config_names(configs: list[str]) -> list[str]:
+    """Each config's name in the study: its file's stem, with -2, -3 ... where stems repeat."""
+    names: list[str] = []
+    for path in configs:
+        stem, name, k = Path(path).stem, Path(path).stem, 1
+        while name in names:
+            k += 1
+            name = f"{stem}-{k}"
+        names.append(name)
+    return names
+
+
+def plan_runs(root: str, configs: list[str], methods: list[str], seeds: list[int], split_seeds: list[int] | None,
+              sets: list[str] = (), data_root: str | None = None) -> list[StudyRun]:
+    """Every run of the study, each config loaded and checked (with its seeds) before Ray starts."""
+    methods = pair_methods(configs, methods)
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        if key in ("train.seed", "data.split_seed"):
+            flag = "--seeds" if key == "train.seed" else "--split-seeds"
+            raise ConfigError(f"--set {item!r}: the study sets {key} itself; use {flag}")
+    runs = []
+    for path, method, name in zip(configs, methods, config_names(configs)):
+        base = load_config(path, list(sets), data_root)
+        if split_seeds is not None and base.data.labeled_split:
+            raise ConfigError(f"--split-seeds: {path} reads a fixed split file (data.labeled_split), "
+                              "so a split seed would change nothing")
+        for split_seed in split_seeds if split_seeds is not None else [base.data.split_seed]:
+            for seed in seeds:
+                extra = [f"train.seed={seed}"] + ([f"data.split_seed={split_seed}"] if split_seeds is not None else [])
+                cfg = load_config(path, [*sets, *extra], data_root)
+                runs.append(StudyRun(name, path, method, split_seed, seed,
+                                     storage.join(root, name, f"split{split_seed}-seed{seed}"), cfg))
+    first = runs[0].cfg.ray
+    for r in runs:
+        if r.cfg.ray != first:
+            raise ConfigError(f"--config: {r.config} has another ray section ({r.cfg.ray}) than {runs[0].config} "
+                              f"({first}); one Ray serves the whole study")
+    return runs
+
+
+def cpus_per_run(run: StudyRun) -> int:
+    """CPUs one run holds at its peak: its side-by-side training stages (RWMS: two lanes, the teachers
+    and then S1 beside the comparisons; UCC: UCC beside each ucc.compare stage) times a stage's CPUs."""
+    from raysemi.pipelines.rwms import student_config
+
+    if run.method == "rwms":
+        lanes, schedules = 2, [run.cfg.train, student_config(run.cfg).train]
+    else:
+        lanes, schedules = 1 + len(run.cfg.ucc.compare), [run.cfg.train]
+    return max(lanes * tc.num_workers * tc.cpus_per_worker for tc in schedules)
+
+
+def auto_parallel(address: str, cluster_cpus: float, per_run: int, n_runs: int) -> tuple[int, str]:
+    """--parallel auto: 1 on a local Ray; on a cluster as many runs as its CPUs hold (at least 1)."""
+    if not address:
+        return 1, "a local Ray: one run at a time (--parallel N to change)"
+    n = max(1, min(n_runs, int(cluster_cpus // max(per_run, 1))))
+    return n, f"a cluster of {cluster_cpus:g} CPUs, one run holds up to {per_run}: {n} at a time"
+
+
+def resolve_parallel(value: int | str, runs: list[StudyRun]) -> tuple[int, str]:
+    if value != "auto":
+        return int(value), f"--parallel {value}"
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0) if ray.is_initialized() else 0
+    return auto_parallel(runs[0].cfg.ray.address, cpus, max(cpus_per_run(r) for r in runs), len(runs))
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+def run_one(run: StudyRun) -> None:
+    """One pipeline run in its own run directory (its config.yaml written as the other commands do)."""
+    from raysemi.pipelines.rwms import run_rwms
+    from raysemi.pipelines.ucc import run_ucc
+
+    rundir = RunDir(run.run)
+    rundir.write_text("config.yaml", dump_yaml(run.cfg))
+    print(f"[study] {run.label}: raysemi {run.method} in {rundir.root}")
+    (run_rwms if run.method == "rwms" else run_ucc)(run.cfg, rundir)
+    print(f"[study] {run.label}: finished")
+
+
+def run_all(runs: list[StudyRun], parallel: int) -> dict[str, str]:
+    """Every run, `parallel` at once (threads: each blocks while its Ray Train runs train). Returns
+    {run label: error} of the runs that failed; the others go on."""
+    failed: dict[str, str] = {}
+
+    def guarded(run: StudyRun) -> None:
+        try:
+            run_one(run)
+        except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
+            failed[run.label] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            print(f"[study] {run.label}: failed: {failed[run.label]}", file=sys.stderr)
+
+    with ThreadPoolExecutor(max(1, parallel)) as pool:
+        list(pool.map(guarded, runs))
+    return failed
+
+
+# --- rows from the manifests ------------------------------------------------------------------
+
+
+def _value(rec: dict, key: str):
+    v = rec.get(key)
+    return None if v is None or v == "" else v
+
+
+def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, seed: int, run: str,
+                  compare: list[str] = ()) -> tuple[list[dict], list[str]]:
+    """One row per finished training stage of a run (STAGES[method], those present and done), and
+    notes. For RWMS, when rwms.compare has 'suponly' and no 'suponly' stage exists, SupOnly is T1
+    (run_rwms does not train it twice): its row is T1's record."""
+    stages = manifest.get("stages", {})
+    rows, notes = [], []
+
+    def row(model: str, rec: dict) -> dict:
+        out = {"config": config, "method": method, "model": model, "split_seed": split_seed, "seed": seed}
+        out.update({m: _value(rec, f) for m, f in FIELDS.items()})
+        out.update(best_epoch=_value(rec, "best_epoch"), run=run)
+        return out
+
+    for stage in STAGES[method]:
+        rec = stages.get(stage)
+        if stage == "suponly" and method == "rwms" and rec is None and "suponly" in compare:
+            rec = stages.get("t1")
+            if rec and rec.get("status") == "done":
+                notes.append(f"{config}: SupOnly is T1 (the students' model and schedule are T1's, so run_rwms "
+                             "trains it once); its rows are T1's records.")
+        if rec and rec.get("status") == "done":
+            rows.append(row(MODEL_NAMES[stage], rec))
+    return rows, notes
+
+
+def collect_rows(runs: list[StudyRun]) -> tuple[list[dict], list[str]]:
+    """The rows of every run's manifest, in plan order, and the notes (once each)."""
+    rows, notes = [], []
+    for r in runs:
+        compare = r.cfg.rwms.compare if r.method == "rwms" else r.cfg.ucc.compare
+        got, got_notes = manifest_rows(RunDir(r.run).manifest(), config=r.name, method=r.method,
+                                       split_seed=r.split_seed, seed=r.seed, run=r.run, compare=compare)
+        rows += got
+        notes += [n for n in got_notes if n not in notes]
+    return rows, notes
+
+
+# --- aggregation (plain functions) ------------------------------------------------------------
+
+
+def mean_sd(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean and sample sd (ddof 1) in percent of the present fractions; sd None for fewer than 2."""
+    xs = [100 * float(v) for v in values if v is not None and v != ""]
+    if not xs:
+        return None, None, 0
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
+
+
+def separated(diff: float, sd_model: float | None, sd_suponly: float | None) -> bool | None:
+    """The study's rule: a difference is separated when |diff| >= sd(model) + sd(SupOnly); None
+    (no judgement) when either sd is undefined (fewer than two seeds)."""
+    if sd_model is None or sd_suponly is None:
+        return None
+    return abs(diff) >= sd_model + sd_suponly
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One entry per (config, model) in row order: n (seeds), mean and sd of each metric (percent),
+    and the difference of the compared metric's mean to SupOnly's in the same config. The compared
+    metric is holdout_selected, or val_selected for a config without holdout values."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["config"], r["model"]), []).append(r)
+    out = []
+    for (config, model), rs in groups.items():
+        entry = {"config": config, "method": rs[0]["method"], "model": model, "n": len(rs)}
+        for m in METRICS:
+            entry[m] = mean_sd([r.get(m) for r in rs])[:2]
+        out.append(entry)
+    for entry in out:
+        peers = [e for e in out if e["config"] == entry["config"]]
+        metric = "holdout_selected" if any(e["holdout_selected"][0] is not None for e in peers) else "val_selected"
+        base = next((e for e in peers if e["model"] == SUPONLY), None)
+        entry["compared"] = metric
+        entry["diff"] = entry["separated"] = None
+        if base is not None and entry is not base and entry[metric][0] is not None and base[metric][0] is not None:
+            entry["diff"] = entry[metric][0] - base[metric][0]
+            entry["separated"] = separated(entry["diff"], entry[metric][1], base[metric][1])
+    return out
+
+
+def pct(v) -> str:
+    """A fraction as a percentage with 2 decimals; '' for a missing value."""
+    return "" if v is None or v == "" else f"{100 * float(v):.2f}"
+
+
+def csv_text(rows: list[dict]) -> str:
+    """study.csv: COLUMNS; the four mIoU columns in percent with 2 decimals, empty when missing."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**{k: ("" if r.get(k) is None else r[k]) for k in COLUMNS}, **{m: pct(r.get(m)) for m in METRICS}})
+    return buf.getvalue()
+
+
+def _ms(mean_and_sd: tuple[float | None, float | None]) -> str:
+    mean, sd = mean_and_sd
+    if mean is None:
+        return "-"
+    return f"{mean:.2f} ± " + ("-" if sd is None else f"{sd:.2f}")
+
+
+def _diff(entry: dict) -> str:
+    if entry["model"] == SUPONLY:
+        return "(reference)"
+    if entry["diff"] is None:
+        return "-"
+    mark = {True: "", False: " not separated", None: " (n < 2)"}[entry["separated"]]
+    return f"{entry['diff']:+.2f}{mark}"
+
+
+def summary_table(summary: list[dict]) -> str:
+    """The Markdown table of means ± sds, one row per (config, model)."""
+    lines = ["| config | model | n | val selected | holdout selected | val last | holdout last | vs SupOnly |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for e in summary:
+        lines.append(f"| {e['config']} | {e['model']} | {e['n']} | {_ms(e['val_selected'])} | "
+                     f"{_ms(e['holdout_selected'])} | {_ms(e['val_last'])} | {_ms(e['holdout_last'])} | {_diff(e)} |")
+    return "\n".join(lines)
+
+
+def seed_table(rows: list[dict]) -> str:
+    """The Markdown table of every run's values, one row per (config, model, split seed, seed)."""
+    lines = ["| config | model | split seed | seed | val selected | holdout selected | val last | holdout last "
+             "| best epoch |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [pct(r.get(m)) or "-" for m in METRICS]
+        epoch = "-" if r.get("best_epoch") is None else r["best_epoch"]
+        lines.append(f"| {r['config']} | {r['model']} | {r['split_seed']} | {r['seed']} | " + " | ".join(cells)
+                     + f" | {epoch} |")
+    return "\n".join(lines)
+
+
+def md_text(rows: list[dict], summary: list[dict], notes: list[str] = (), failed: dict[str, str] | None = None,
+            plot: str | None = "study.png") -> str:
+    """study.md: the summary table, the rule, notes, failed runs, the per-seed table, the plot."""
+    compared = sorted({e["compared"] for e in summary})
+    seeds = sorted({(r["split_seed"], r["seed"]) for r in rows})
+    parts = ["# Seed study", "",
+             f"{len(seeds)} (split seed, seed) pairs; mIoU in percent, mean ± sample sd (ddof 1; '-' for n < 2) "
+             "over the seeds. *selected*: the model selected on val (its best val evaluation); *last*: the last "
+             "evaluation.", "", summary_table(summary), "",
+             "vs SupOnly: the model's " + " / ".join(c.replace("_", " ") for c in compared) + " mean minus SupOnly's "
+             "in the same config" + (" (val selected where a config has no holdout: the selection metric "
+             "itself, so optimistic)" if "val_selected" in compared else "") + ". " + SD_RULE]
+    if notes:
+        parts += ["", *[f"- {n}" for n in notes]]
+    if failed:
+        parts += ["", "Failed runs (not in the tables):", "", *[f"- {k}: {v}" for k, v in failed.items()]]
+    parts += ["", "## Per seed", "", seed_table(rows)]
+    if plot:
+        parts += ["", f"![per-seed values and means]({plot})"]
+    return "\n".join(parts) + "\n"
+
+
+def study_plot(rows: list[dict], path) -> str:
+    """Per (config, model): the per-seed holdout-selected values (val selected for a config without
+    holdout) as dots, their mean as a horizontal line. A bare matplotlib Figure, as raysemi.figures."""
+    from raysemi.figures import RELIABLE_COLOUR, UNRELIABLE_COLOUR, _figure, _save
+
+    summary = summarise(rows)
+    fig = _figure(max(4.0, 0.9 * len(summary) + 1.5), 3.6)
+    ax = fig.add_subplot()
+    for x, e in enumerate(summary):
+        ys = [100 * float(r[e["compared"]]) for r in rows
+              if (r["config"], r["model"]) == (e["config"], e["model"]) and r.get(e["compared"]) not in (None, "")]
+        colour = RELIABLE_COLOUR if e["compared"] == "holdout_selected" else UNRELIABLE_COLOUR
+        ax.scatter([x] * len(ys), ys, s=24, color=colour, alpha=0.8, zorder=3)
+        if ys:
+            ax.hlines(statistics.fmean(ys), x - 0.3, x + 0.3, color="black", linewidth=1.5, zorder=2)
+    ax.set_xticks(range(len(summary)), [f"{e['config']}\n{e['model']}" for e in summary], fontsize="small")
+    compared = sorted({e["compared"].replace("_", " ") for e in summary})
+    ax.set_ylabel(f"{' / '.join(compared)} mIoU (%)")
+    ax.set_title("Per-seed values (dots) and their mean (line)", fontsize="medium")
+    ax.grid(axis="y", alpha=0.3)
+    if not rows:
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def write_outputs(root: RunDir, runs: list[StudyRun], failed: dict[str, str]) -> tuple[dict, str]:
+    """study.csv, study.md and study.png from the run directories' manifests; returns the paths and
+    the summary table."""
+    rows, notes = collect_rows(runs)
+    summary = summarise(rows)
+    paths = {"csv": root.write_text("study.csv", csv_text(rows)),
+             "png": study_plot(rows, root.path("study.png"))}
+    paths["md"] = root.write_text("study.md", md_text(rows, summary, notes, failed))
+    return paths, summary_table(summary)
+
+
+def study_args(args: argparse.Namespace, runs: list[StudyRun], parallel: int) -> dict:
+    return {"configs": list(args.config), "methods": pair_methods(args.config, args.method), "seeds": args.seeds,
+            "split_seeds": args.split_seeds, "set": list(args.set), "data_root": args.data_root,
+            "parallel": args.parallel, "parallel_used": parallel,
+            "runs": [{"config": r.config, "name": r.name, "method": r.method, "split_seed": r.split_seed,
+                      "seed": r.seed, "run": r.run} for r in runs]}
+
+
+def run_study(args: argparse.Namespace) -> int:
+    """`raysemi study`: plan (every config checked before Ray starts), run, write the tables. Exit
+    status 1 when a run failed (the files then hold what finished)."""
+    from raysemi.train.ray_fit import init_ray
+
+    root = RunDir(args.run)
+    runs = plan_runs(root.root, args.config, args.method, args.seeds, args.split_seeds, args.set, args.data_root)
+    init_ray(runs[0].cfg.ray)  # once, before the runs' threads
+    parallel, why = resolve_parallel(args.parallel, runs)
+    n = len(args.config)
+    print(f"[study] {len(runs)} runs ({n} config{'s' * (n != 1)} x {len(runs) // n} (split seed, seed) pairs), "
+          f"{parallel} at once: {why}")
+    root.write_text("study.yaml", yaml.safe_dump(study_args(args, runs, parallel), sort_keys=False))
+    failed = run_all(runs, parallel)
+    paths, table = write_outputs(root, runs, failed)
+    print(f"\n{table}\n\nstudy: {paths['md']}\ntable: {paths['csv']}\nplot: {paths['png']}")
+    if failed:
+        print(f"raysemi study: error: {len(failed)} of {len(runs)} runs failed: " +
+              "; ".join(f"{k} ({v})" for k, v in failed.items()), file=sys.stderr)
+        return 1
+    return 0

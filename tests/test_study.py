@@ -1,0 +1,242 @@
+"""`raysemi study`: the aggregation (mean, sample sd, the separation rule, study.csv / study.md) on
+hand-written rows and manifests without Ray, the argument errors, and one small UCC study end to end
+on Ray (two seeds, then the same command again: nothing trains)."""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raysemi.cli import main
+from raysemi.pipelines import study
+from raysemi.rundir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+RAYSEMI = [sys.executable, "-m", "raysemi.cli"]
+SMOKE_UCC = str(REPO / "experiments/smoke/ucc.yaml")
+SMOKE_RWMS = str(REPO / "experiments/smoke/rwms.yaml")
+
+
+def _row(model, seed, val, holdout=None, config="c", val_last=None, holdout_last=None):
+    return {"config": config, "method": "ucc", "model": model, "split_seed": 0, "seed": seed, "val_selected": val,
+            "holdout_selected": holdout, "val_last": val_last, "holdout_last": holdout_last, "best_epoch": 3, "run": "r"}
+
+
+# --- aggregation ------------------------------------------------------------------------------
+
+
+def test_mean_sd_in_percent_with_sample_sd():
+    mean, sd, n = study.mean_sd([0.40, 0.42, 0.44])
+    assert n == 3 and mean == pytest.approx(42.0) and sd == pytest.approx(2.0)  # ddof 1: sqrt((4 + 0 + 4) / 2)
+    assert study.mean_sd([0.5]) == (pytest.approx(50.0), None, 1)
+    assert study.mean_sd([None, ""]) == (None, None, 0)
+    mean, sd, n = study.mean_sd([0.30, None, 0.34])  # a missing value is left out, not counted as 0
+    assert (n, mean, sd) == (2, pytest.approx(32.0), pytest.approx(2 ** 1.5))
+
+
+def test_separation_rule():
+    assert study.separated(1.0, 0.6, 0.5) is False  # |1.0| < 0.6 + 0.5: not separated
+    assert study.separated(-1.2, 0.6, 0.5) is True  # the sign does not matter
+    assert study.separated(1.1, 0.6, 0.5) is True  # equal to the sum: separated
+    assert study.separated(3.0, None, 0.5) is None  # one seed: no judgement
+
+
+def test_summary_differences_to_suponly_on_holdout():
+    rows = [_row("SupOnly", s, v, h) for s, v, h in ((0, 0.40, 0.30), (1, 0.42, 0.32), (2, 0.44, 0.34))]
+    rows += [_row("UCC", s, v, h) for s, v, h in ((0, 0.45, 0.31), (1, 0.47, 0.33), (2, 0.49, 0.35))]  # +1, sd 2
+    rows += [_row("Oracle", s, v, h) for s, v, h in ((0, 0.60, 0.50), (1, 0.60, 0.51), (2, 0.60, 0.52))]
+    summary = {e["model"]: e for e in study.summarise(rows)}
+    ucc, oracle = summary["UCC"], summary["Oracle"]
+    assert ucc["n"] == 3 and ucc["compared"] == "holdout_selected"
+    assert ucc["val_selected"] == (pytest.approx(47.0), pytest.approx(2.0))
+    assert ucc["holdout_selected"] == (pytest.approx(33.0), pytest.approx(2.0))
+    assert ucc["val_last"] == (None, None)
+    assert ucc["diff"] == pytest.approx(1.0) and ucc["separated"] is False  # 1 < 2 + 2
+    assert oracle["diff"] == pytest.approx(19.0) and oracle["separated"] is True  # 19 >= 1 + 2
+    assert summary["SupOnly"]["diff"] is None
+    table = study.summary_table(study.summarise(rows))
+    assert "| c | UCC | 3 | 47.00 ± 2.00 | 33.00 ± 2.00 | - | - | +1.00 not separated |" in table
+    assert "| c | Oracle | 3 | 60.00 ± 0.00 | 51.00 ± 1.00 | - | - | +19.00 |" in table
+    assert "| c | SupOnly | 3 | 42.00 ± 2.00 | 32.00 ± 2.00 | - | - | (reference) |" in table
+
+
+def test_summary_without_holdout_compares_val_and_one_seed_has_no_sd():
+    rows = [_row("SupOnly", 0, 0.40), _row("UCC", 0, 0.43)]
+    e = {x["model"]: x for x in study.summarise(rows)}["UCC"]
+    assert e["compared"] == "val_selected" and e["diff"] == pytest.approx(3.0) and e["separated"] is None
+    table = study.summary_table(study.summarise(rows))
+    assert "| c | UCC | 1 | 43.00 ± - | - | - | - | +3.00 (n < 2) |" in table
+    md = study.md_text(rows, study.summarise(rows))
+    assert study.SD_RULE in md and "val selected where a config has no holdout" in md
+    assert "![per-seed values and means](study.png)" in md and "## Per seed" in md
+
+
+def test_csv_and_md_of_hand_written_manifests(tmp_path):
+    """study.csv rows from run directories whose manifests are written by hand: done stages only, s2
+    as S2, missing fields empty, and an RWMS run without a 'suponly' stage gets SupOnly from T1."""
+    def rec(val, **extra):
+        return {"status": "done", "val_miou": val, "best_epoch": 4, "ended": "t", **extra}
+
+    runs = []
+    for seed, (t1, s2) in enumerate(((0.40, 0.44), (0.42, 0.47))):
+        d = RunDir(tmp_path / "rwms" / f"split0-seed{seed}")
+        stages = {"t1": rec(t1, holdout_miou=t1 - 0.1, val_miou_last=t1 - 0.01), "t2": rec(0.38),
+                  "s1": rec(0.43), "s2": rec(s2), "pseudo_teachers": {"status": "done"},
+                  "baseline": {"status": "running", "val_miou": None}}
+        d.write_text("manifest.json", json.dumps({"stages": stages}))
+        cfg = study.load_config(SMOKE_RWMS, ["rwms.compare=[suponly]", f"train.seed={seed}"])
+        runs.append(study.StudyRun("rwms", SMOKE_RWMS, "rwms", 0, seed, d.root, cfg))
+    rows, notes = study.collect_rows(runs)
+    assert [r["model"] for r in rows] == ["T1", "T2", "SupOnly", "S1", "S2"] * 2  # baseline still running
+    assert len(notes) == 1 and "SupOnly is T1" in notes[0]
+    text = study.csv_text(rows)
+    got = list(csv.DictReader(io.StringIO(text)))
+    assert list(got[0]) == list(study.COLUMNS)
+    assert got[0] == {"config": "rwms", "method": "rwms", "model": "T1", "split_seed": "0", "seed": "0",
+                      "val_selected": "40.00", "holdout_selected": "30.00", "val_last": "39.00", "holdout_last": "",
+                      "best_epoch": "4", "run": runs[0].run}
+    assert got[2]["model"] == "SupOnly" and got[2]["val_selected"] == "40.00"
+    assert [r["val_selected"] for r in got if r["model"] == "S2"] == ["44.00", "47.00"]
+    summary = study.summarise(rows)
+    s2 = next(e for e in summary if e["model"] == "S2")
+    # holdout exists in this config (T1's), so the comparison is on holdout: S2 has none -> no difference
+    assert s2["compared"] == "holdout_selected" and s2["diff"] is None
+    md = study.md_text(rows, summary, notes, failed={"rwms/split0-seed2": "RuntimeError: boom"})
+    assert "SupOnly is T1" in md and "rwms/split0-seed2: RuntimeError: boom" in md
+    assert "| rwms | S2 | 0 | 1 | 47.00 | - | - | - | 4 |" in md
+    png = study.study_plot(rows, tmp_path / "study.png")
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_names_seeds_and_overrides(tmp_path):
+    other = tmp_path / "ucc.yaml"  # the same stem as the smoke config
+    other.write_text(Path(SMOKE_UCC).read_text())
+    runs = study.plan_runs(str(tmp_path / "s"), [SMOKE_UCC, str(other)], ["ucc"], [0, 3], [1, 2],
+                           ["train.epochs=1"])
+    assert [r.label for r in runs] == [f"{n}/split{k}-seed{s}" for n in ("ucc", "ucc-2") for k in (1, 2) for s in (0, 3)]
+    assert all(r.cfg.train.seed == r.seed and r.cfg.data.split_seed == r.split_seed and r.cfg.train.epochs == 1
+               for r in runs)
+    assert runs[-1].run == str(tmp_path / "s" / "ucc-2" / "split2-seed3")
+    assert study.plan_runs(str(tmp_path / "s"), [SMOKE_UCC], ["ucc"], [0], None)[0].split_seed == 0  # the config's
+    assert study.cpus_per_run(runs[0]) == 2
+    assert study.auto_parallel("", 64, 2, 6)[0] == 1
+    assert study.auto_parallel("auto", 9, 2, 6)[0] == 4
+    assert study.auto_parallel("auto", 64, 2, 6)[0] == 6  # never more than the runs
+    assert study.auto_parallel("auto", 1, 2, 6)[0] == 1  # at least 1
+
+
+def test_a_failed_run_leaves_the_others_and_exits_1(tmp_path, monkeypatch, capsys):
+    """Without Ray: the pipeline call is replaced; seed 1's run fails, seed 0's finished run is written."""
+    import raysemi.train.ray_fit as ray_fit
+
+    def fake_run(run):
+        if run.seed == 1:
+            raise RuntimeError("worker died\nmore")
+        RunDir(run.run).write_text("manifest.json", json.dumps(
+            {"stages": {"ucc": {"status": "done", "val_miou": 0.3, "best_epoch": 2, "holdout_miou": None}}}))
+
+    monkeypatch.setattr(ray_fit, "init_ray", lambda rc: None)
+    monkeypatch.setattr(study, "run_one", fake_run)
+    root = tmp_path / "s"
+    argv = ["study", "--config", SMOKE_UCC, "--method", "ucc", "--seeds", "0,1", "--run", str(root)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "1 at once: a local Ray" in captured.out
+    assert "raysemi study: error: 1 of 2 runs failed: ucc/split0-seed1 (RuntimeError: worker died)" in captured.err
+    rows = list(csv.DictReader(open(root / "study.csv")))
+    assert [(r["model"], r["seed"], r["val_selected"], r["holdout_selected"]) for r in rows] == [("UCC", "0", "30.00", "")]
+    md = (root / "study.md").read_text()
+    assert "Failed runs" in md and "ucc/split0-seed1: RuntimeError: worker died" in md
+    assert "| ucc | UCC | 1 | 30.00 ± - | - |" in md
+    assert (root / "study.png").is_file() and (root / "study.yaml").is_file()
+
+
+# --- argument errors --------------------------------------------------------------------------
+
+
+def test_method_count_must_match(tmp_path, capsys):
+    argv = ["study", "--config", SMOKE_UCC, "--config", SMOKE_RWMS, "--config", SMOKE_UCC,
+            "--method", "ucc", "--method", "rwms", "--seeds", "0,1", "--run", str(tmp_path / "s")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "raysemi study: error: --method: given 2 times for 3 --config files" in err
+    assert not (tmp_path / "s" / "study.yaml").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--seeds", "0,x"), ("--seeds", "1,1"), ("--split-seeds", ""),
+                                        ("--parallel", "0")])
+def test_bad_seed_lists_name_the_flag(tmp_path, capsys, flag, value):
+    argv = ["study", "--config", SMOKE_UCC, "--method", "ucc", "--seeds", "0", "--run", str(tmp_path / "s"), flag, value]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
+
+
+def test_set_may_not_set_the_seeds(tmp_path, capsys):
+    argv = ["study", "--config", SMOKE_UCC, "--method", "ucc", "--seeds", "0", "--run", str(tmp_path / "s"),
+            "--set", "train.seed=4"]
+    assert main(argv) == 2
+    assert "use --seeds" in capsys.readouterr().err
+
+
+# --- end to end on Ray ------------------------------------------------------------------------
+
+
+def test_smoke_ucc_study_two_seeds_then_rerun_trains_nothing(ray_local, camvid_root, tmp_path):
+    root = tmp_path / "study"
+    # UCC alone (SupOnly has its own tests) on 1/16 of the labels at 32x40, one epoch (17 labeled / batch 4:
+    # 4 steps); the two seeds' runs side by side
+    cmd = RAYSEMI + ["study", "--config", SMOKE_UCC, "--method", "ucc", "--seeds", "0,1", "--run", str(root),
+                     "--data-root", str(camvid_root), "--set", "data.labeled_fraction=1/16", "--set", "ucc.compare=[]",
+                     "--set", "data.image_size=[32,40]", "--set", "data.crop_size=[32,40]", "--set", "train.epochs=1"]
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
+    out = subprocess.run(cmd + ["--parallel", "2"], capture_output=True, text=True, timeout=600, env=env)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "[study] 2 runs (1 config x 2 (split seed, seed) pairs), 2 at once: --parallel 2" in log, log[-3000:]
+    # each run is a whole `raysemi ucc`: the smoke config's UCC, the holdout scored, the table and the report
+    assert "UCC with 4 unlabeled images per batch, views ws, copy-paste dcscp, UGRM text, lam 2" in log, log[-3000:]
+    assert "UGRM keeps" in log
+    assert sum(line.split()[:1] == ["UCC"] and len(line.split()) == 5 for line in log.splitlines()) == 2, log[-3000:]
+    run0 = RunDir(root / "ucc" / "split0-seed0")
+    metrics = list(csv.DictReader(open(run0.path("ucc", "metrics.csv"))))
+    assert [int(r["iteration"]) for r in metrics if r["loss"]][-1] == 4  # 17 labeled / batch 4, one epoch
+    assert [bool(r["holdout_miou"]) for r in metrics if r["val_miou"]] == [True], "holdout scored at the evaluation"
+    rec = run0.stage("ucc")
+    assert rec["status"] == "done" and len(rec["iou_per_class"]) == len(rec["holdout_iou_per_class"]) == 11
+    for key in ("val_miou", "holdout_miou", "val_miou_last", "holdout_miou_last"):
+        assert 0 < rec[key] <= 1, key
+    assert json.loads(open(run0.path("summary.json")).read())["stages"]["ucc"]["holdout_miou"] == rec["holdout_miou"]
+    report = open(run0.path("report.md")).read()
+    assert "## Per-class IoU (holdout, %, the model selected on val)" in report and "predictions" in report.lower()
+    rows = list(csv.DictReader(open(root / "study.csv")))
+    assert [(r["config"], r["method"], r["model"], r["split_seed"], r["seed"]) for r in rows] == [
+        ("ucc", "ucc", "UCC", "0", "0"), ("ucc", "ucc", "UCC", "0", "1")]
+    assert all(0 < float(r["val_selected"]) <= 100 and r["best_epoch"] == "1" for r in rows)
+    assert [r["run"] for r in rows] == [str(root / "ucc" / f"split0-seed{s}") for s in (0, 1)]
+    assert (root / "study.png").read_bytes()[:4] == b"\x89PNG"
+    md = (root / "study.md").read_text()
+    assert "| ucc | UCC | 2 |" in md and study.SD_RULE in md and "(study.png)" in md
+    assert "| ucc | UCC | 2 |" in out.stdout  # the table is printed
+    for seed in (0, 1):
+        assert f"seed: {seed}" in (root / "ucc" / f"split0-seed{seed}" / "config.yaml").read_text()
+    assert not (root / "config.yaml").exists()
+    assert "seeds:\n- 0\n- 1\n" in (root / "study.yaml").read_text()
+
+    def ended() -> dict:
+        return {(s, k): v.get("ended") for s in (0, 1)
+                for k, v in RunDir(root / "ucc" / f"split0-seed{s}").manifest()["stages"].items()}
+
+    before = ended()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)  # --parallel auto
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-3000:]
+    assert "1 at once: a local Ray" in log, log[-3000:]
+    assert log.count("[ucc] already done with these inputs") == 2, log[-3000:]
+    assert ended() == before  # nothing trained again
+    assert list(csv.DictReader(open(root / "study.csv"))) == rows
