@@ -113,7 +113,9 @@ def kill_after_first_checkpoint():
     def evaluated(path: str) -> bool:
         return any(r.get("val_miou") for r in csv.DictReader(open(path)))
 
-    def run(cmd: list[str], metrics_csv: Path | str, timeout: float = 300) -> str:
+    def run(cmd: list[str], metrics_csv: Path | str, timeout: float = 300, checkpoint: str | None = None) -> str:
+        """`checkpoint`: a glob of a file the checkpoint holds; given, the kill waits until it exists
+        (under load, one second after the evaluation's row is not always enough for it to land)."""
         env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True, env=env)
@@ -122,6 +124,8 @@ def kill_after_first_checkpoint():
             if any(evaluated(p) for p in glob.glob(str(metrics_csv))):
                 break
             time.sleep(0.5)
+        while checkpoint and not glob.glob(checkpoint) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(1.0)  # let the checkpoint land in storage
         os.killpg(proc.pid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 (labeled batches plus a stream of pseudo-labeled ones) and a UCC stage killed and resumed. Each checks
 that the two ranks trained on different images and that the evaluation the ranks summed equals a
 one-process evaluation of the checkpoint the stage handed on, on val and on the holdout."""
+import csv
 import os
 import re
 import subprocess
@@ -78,13 +79,17 @@ def test_ucc_stage_on_two_workers_killed_and_resumed(ray_local, synthetic_root, 
         "ucc.model.arch=crosshead", "ucc.model.backbone=resnet18", "ucc.model.pretrained=false",
         "ucc.unlabeled_batch_size=2", "ucc.views=w", "ucc.lam=0.5"]  # views w: see test_train_loop's UCC test
     cmd = RAYSEMI + ["ucc", "--run", run.root, "--data-root", str(synthetic_root)] + [a for s in sets for a in ("--set", s)]
-    kill_after_first_checkpoint(cmd, run.path("ucc", "metrics.csv"))
+    metrics = run.path("ucc", "metrics.csv")
+    kill_after_first_checkpoint(cmd, metrics, checkpoint=run.path("ray", "ucc-*", "checkpoint_*", "best.pt"))
     assert run.stage("ucc")["status"] == "running"
+    evaluated = [r for r in csv.DictReader(open(metrics)) if r["val_miou"]][0]  # epoch 1's evaluation
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
-    # killed once its first checkpoint landed: resumed from it, or from the second if that one landed too
+    # killed once its first checkpoint landed: resumed from it, or from the second if that one landed too,
+    # keeping the evaluations before it (a run that started over would have written them anew)
     assert re.search(r"\[ucc\] resumed from the checkpoint of epoch [12] ", log) and "2 worker(s) on cpu" in log, log[-3000:]
+    assert evaluated in list(csv.DictReader(open(metrics)))
     rec = run.stage("ucc")
     assert rec["shard_sizes"] == [8, 8]  # 2 x 2 labeled and 2 x 2 unlabeled images per rank and epoch
     check_stage(rec, synthetic_root, run)
