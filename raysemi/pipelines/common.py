@@ -48,16 +48,19 @@ def holdout_items(cfg: Config, root: str) -> list[Item]:
     dc = cfg.data
     found = {it.id: it for it in (read_split_file(dc.holdout_split, root) if dc.holdout_split else [])}
     if dc.holdout_sequences:
-        wanted = set(dc.holdout_sequences)
         train = list_items(dc.dataset, root, "train")
-        chosen = [it for it in train if it.id.rsplit("/", 1)[-1].split("_", 1)[0] in wanted]
-        empty = sorted(wanted - {it.id.rsplit("/", 1)[-1].split("_", 1)[0] for it in chosen})
+        present = {_sequence(it) for it in train}
+        empty = sorted(set(dc.holdout_sequences) - present)
         if empty:
-            present = sorted({it.id.rsplit("/", 1)[-1].split("_", 1)[0] for it in train})
             raise ConfigError(f"data.holdout_sequences: no train image of sequence {empty[0]!r} in {root}; "
-                              f"its sequences are {', '.join(present)}")
-        found.update((it.id, it) for it in chosen)
+                              f"its sequences are {', '.join(sorted(present))}")
+        found.update((it.id, it) for it in train if _sequence(it) in dc.holdout_sequences)
     return sorted(found.values(), key=lambda it: it.id)
+
+
+def _sequence(item: Item) -> str:
+    """A CamVid frame's video sequence: its file name up to the first "_" (0006R0_f02310 -> 0006R0)."""
+    return item.id.rsplit("/", 1)[-1].split("_", 1)[0]
 
 
 def draw_split(cfg: Config, root: str, fraction: str | None = None, seed: int | None = None,
