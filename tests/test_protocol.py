@@ -220,7 +220,7 @@ def _ucc_rank(rank: int, port: int, out: str) -> None:
         torch.save(states, f"{out}/states.pt")
     dist.barrier()
     resumed = UCCStep(UCCSettings(), 3, CrossEntropy(), seed=7, rank=rank, world=2)
-    _restore_ucc(resumed, torch.load(f"{out}/states.pt", weights_only=False), rank)
+    _restore_ucc(resumed, torch.load(f"{out}/states.pt", weights_only=True), rank)
     np.save(f"{out}/next{rank}.npy", np.stack([ucc.rng.random(4), resumed.rng.random(4)]))
     dist.destroy_process_group()
 

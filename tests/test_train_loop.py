@@ -124,7 +124,7 @@ def test_ucc_loop_trains_checkpoints_its_dcscp_state_and_resumes(synthetic_root,
     assert len(spec["unlabeled"]) == 12 and spec["settings"]["lam"] == 0.5 and spec["settings"]["views"] == "w"
     job = make_job(run, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, ucc=spec)
     first = run_plain(replace(job, train={**job.train, "epochs": 4}))
-    state = torch.load(tmp_path / "run" / "ucc" / "local_checkpoint" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "ucc" / "local_checkpoint" / "state.pt", weights_only=True)
     sigma = state["ucc"][0]["confidence"]["sigma"]  # one state per rank: here one rank
     assert first["epoch"] == 4 and sigma != pytest.approx([1 / 3] * 3), "the EMA moved (momentum 0.5)"
     metrics = run_plain(job)  # continues from epoch 4 with that state

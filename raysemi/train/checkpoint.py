@@ -3,10 +3,15 @@
 A Ray Train checkpoint directory holds `state.pt` (everything needed to resume: weights,
 optimizer, epoch, best score) and `best.pt`, the best model so far as a self-describing bundle.
 The latest checkpoint therefore always carries the best weights, so Ray keeps only one.
+
+Both hold tensors and plain Python values only (dicts, lists, str, int, float, bool, None), and every
+read goes through `load_torch`, which unpickles with `weights_only=True`: a model file from a shared
+bucket or a colleague cannot run code when it is loaded; one that tries is refused, naming the file.
 """
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +40,42 @@ def save_torch(obj: Any, path: str | Path) -> None:
     storage.write_bytes(path, buf.getvalue())
 
 
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint raysemi can load: not a raysemi model file, or a pickle that holds
+    more than tensors and plain values (it could run code)."""
+
+
+def load_torch(path: str | Path, map_location: str = "cpu") -> Any:
+    """A file written by `save_torch` (local or on S3/GCS), unpickled with `weights_only=True`."""
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        # torch's message is a paragraph; the line naming a global outside its allow-list is the useful one
+        refused = next((line.strip().rstrip(".") for line in str(e).splitlines() if "GLOBAL" in line), None)
+        if refused is None:
+            boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+            said = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(boilerplate)]
+            raise CheckpointError(f"{path}: not a readable torch file (corrupt or truncated?): "
+                                  f"{type(e).__name__}{': ' + said[0] if said else ''}"[:300]) from None
+        raise CheckpointError(
+            f"{path}: refused to load: its pickle holds more than tensors and plain values, so loading it "
+            f"could run code: {refused}. raysemi writes only tensors and plain values; re-create the file "
+            f"with raysemi, or load it yourself with torch.load(..., weights_only=False) if you trust it") from None
+
+
 def make_bundle(state_dict: dict, model_cfg: dict, meta: dict) -> dict:
     """A model file that `raysemi eval` / `predict` and later stages can load on their own."""
     return {"format": "raysemi.model/1", "model": model_cfg, "state_dict": state_dict, **meta}
 
 
 def load_bundle(path: str | Path, map_location: str = "cpu") -> dict:
-    try:
-        data = storage.read_bytes(path)  # a local file or one in a run directory on S3/GCS
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {path}") from None
-    bundle = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+    bundle = load_torch(path, map_location)
     if not isinstance(bundle, dict) or bundle.get("format") != "raysemi.model/1":
-        raise ValueError(f"{path} is not a raysemi model file (expected a best.pt written by raysemi)")
+        raise CheckpointError(f"{path} is not a raysemi model file (expected a best.pt written by raysemi)")
     return bundle
 
 
