@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+# Ray reads RAY_DEDUP_LOGS when it is imported, so it is set here, before anything imports ray: folding
+# similar lines of different workers into one ("[repeated 2x across cluster]") hides a teacher's progress.
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from raysemi.config import ConfigError, dump_yaml, load_config
 from raysemi.data.datasets import DataError
@@ -16,6 +21,12 @@ def _common(p: argparse.ArgumentParser, run_required: bool = True) -> None:
                    help="override one config value, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--run", required=run_required, help="run directory (created if missing; a rerun resumes)")
     p.add_argument("--data-root", help="dataset folder (default for CamVid: ../shared/datasets/camvid)")
+    _verbose(p)
+
+
+def _verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray Train's line for every report and checkpoint (off: they bury the progress)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     from raysemi.pipelines.study import add_arguments as study_arguments  # its --config is repeatable
 
     study_arguments(p)
+    _verbose(p)
 
     p = sub.add_parser("split", help="write labeled/unlabeled split files for a fraction and a seed")
     _common(p, run_required=False)
@@ -97,12 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except Exception as exc:
+        from raysemi.train.checkpoint import CheckpointError  # here: torchvision only when it is needed
+
+        if not isinstance(exc, (ConfigError, DataError, FileNotFoundError, CheckpointError)):
+            raise
         print(f"raysemi {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from raysemi.console import RAY_LOGS_ENV
+
+    if getattr(args, "verbose", False):
+        os.environ[RAY_LOGS_ENV] = "1"  # read where each fit starts; Ray's local workers inherit it
     if args.command == "data":
         from raysemi.data.camvid_download import download_camvid
 
@@ -116,9 +136,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "study":  # many configs: each run writes its own config.yaml, DIR/ gets study.yaml
+        from raysemi.console import copy_to_run
         from raysemi.pipelines.study import run_study
+        from raysemi.rundir import RunDir
 
-        return run_study(args)
+        with copy_to_run(RunDir(args.run), "study"):
+            return run_study(args)
 
     if args.command == "pseudo-label":  # the flags are config values: config.yaml records them
         args.set += ["pseudo.skip_bad=true"] * args.skip_bad + ["pseudo.write_weights=true"] * args.write_weights
@@ -136,7 +159,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         # the run's record of how it was made: commands that only read a run leave it as it was
         if args.command not in ("eval", "predict") and not (args.command == "split" and args.out):
             run.write_text("config.yaml", dump_yaml(cfg))
+    if run is None:
+        return _command(args, cfg, run, space)
+    from raysemi.console import copy_to_run
 
+    with copy_to_run(run, args.command):  # RUN/logs/<command>-<time>.log: what the console showed
+        return _command(args, cfg, run, space)
+
+
+def _command(args: argparse.Namespace, cfg, run, space) -> int:
     if args.command == "teachers":
         from raysemi.pipelines.teachers import run_teachers
 
@@ -165,7 +196,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "split":
         _split(args, cfg, run)
     elif args.command == "eval":
-        from raysemi.serve import evaluate_checkpoint
+        from raysemi.inference import evaluate_checkpoint
 
         split = run.path("splits", "holdout.txt") if args.split == "holdout" and run is not None else args.split
         result = evaluate_checkpoint(_checkpoint(args, run), cfg, split, args.mode, args.crop, args.flip,
@@ -174,7 +205,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             name = Path(result["checkpoint"].split("?")[0]).parent.name
             run.write_text(f"eval/{name}-{Path(args.split).stem}.json", json.dumps(result, indent=2))
     elif args.command == "predict":
-        from raysemi.serve import predict_folder
+        from raysemi.inference import predict_folder
 
         predict_folder(_checkpoint(args, run), args.input, args.output, args.mode, args.crop, args.flip)
     return 0

@@ -10,6 +10,7 @@ Layout:
   ray/               Ray Train storage (checkpoints used to resume)
   pseudo/            pseudo-label tables (Parquet) and their summaries
   figures/           PNGs (reliability histogram, weight maps)
+  logs/              what each command printed (<command>-<UTC time>.log)
 
 The root is a local path or a URI (s3://bucket/runs/x): see `raysemi.storage`.
 """
@@ -37,6 +38,12 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
 
 
+def duration(seconds: float) -> str:
+    """12m05s, 1h03m: an ETA or a stage's time in progress lines."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 class RunDir:
     """A run directory at a local path or a `pyarrow.fs` URI (s3://bucket/runs/x): every file of it
     is read and written through `raysemi.storage`, so both behave the same."""
@@ -47,6 +54,8 @@ class RunDir:
         else:  # absolute: Train workers change directory
             self.root = str(Path(location).expanduser().resolve())
             Path(self.root).mkdir(parents=True, exist_ok=True)
+        self._planned: list[str] = []
+        self._started: dict[str, float] = {}
 
     @property
     def is_local(self) -> bool:
@@ -95,20 +104,40 @@ class RunDir:
         rec = self.stage(name)
         return bool(rec and rec.get("status") == "done" and rec.get("inputs") == inputs)
 
+    def plan_stages(self, names: list[str]) -> None:
+        """The pipeline's stages in order, so that progress lines say where one stands ("stage 4/8")."""
+        self._planned = list(names)
+
+    @property
+    def planned(self) -> list[str]:
+        return list(self._planned)
+
+    def position(self, name: str) -> str:
+        """'stage 4/8' for a planned stage, 'stage' for one outside the plan."""
+        if name not in self._planned:
+            return "stage"
+        return f"stage {self._planned.index(name) + 1}/{len(self._planned)}"
+
     def update_stage(self, name: str, **fields: Any) -> dict:
+        """Merge `fields` into the stage's record; a change of status is also one console line."""
         with _LOCK:
             man = self.manifest()
             rec = man["stages"].setdefault(name, {})
             rec.update(fields)
             self.write_text("manifest.json", json.dumps(man, indent=2))
             self._write_summary(man)
-            return dict(rec)
+        status = fields.get("status")
+        if status == "running":
+            self._started[name] = time.time()
+            print(f"[{name}] {self.position(name)} started", flush=True)
+        elif status in ("done", "failed"):
+            started = self._started.pop(name, None)  # None: the record was written without a start here
+            took = "" if started is None else f" in {duration(time.time() - started)}"
+            print(f"[{name}] {self.position(name)} {status}{took}", flush=True)
+        return dict(rec)
 
     def _write_summary(self, man: dict) -> None:
         keys = ("status", "val_miou", "holdout_miou", "val_miou_last", "holdout_miou_last", "best_epoch", "started",
                 "ended", "checkpoint", "loop_started", "loop_ended")
         stages = {name: {k: rec.get(k) for k in keys} for name, rec in man["stages"].items()}
         self.write_text("summary.json", json.dumps({"run": self.root, "stages": stages}, indent=2))
-
-    def summary(self) -> dict:
-        return json.loads(self.read_text("summary.json"))

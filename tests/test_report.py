@@ -200,11 +200,13 @@ def test_finished_stage_without_model_file(tmp_path):
     assert "| class_1 | - |" in text
     run.write_bytes("t1/best.pt", b"not a torch file")  # a corrupt file: named, and the report still comes
     write_report(run.root)
-    assert "- t1: finished, but its model cannot be loaded (UnpicklingError:" in run.read_text("report.md")
+    assert "- t1: finished, but its model cannot be loaded (CheckpointError: " in run.read_text("report.md")
+    assert "best.pt: not a readable torch file (corrupt or truncated?)" in run.read_text("report.md")
 
 
 def test_cli_report(tmp_path, synthetic_root, capsys):
     run = build_run(tmp_path / "run", synthetic_root)
+    capsys.readouterr()  # build_run's stage lines
     assert main(["report", "--run", run.root, "--images", "1"]) == 0
     assert capsys.readouterr().out.strip() == run.path("report.md")
     assert "| t2 | done | 48.75 |" in run.read_text("report.md")
@@ -222,6 +224,7 @@ def test_report_of_a_run_on_s3(s3_bucket, synthetic_root, capsys):
     """Every file of the run, the report's included, is read and written on the object store."""
     location = storage.join(s3_bucket, "report", "a")
     run = build_run(location, synthetic_root, models=("t1",))  # moto serves a 12 MB model in seconds: one is enough
+    capsys.readouterr()  # build_run's stage lines
     assert main(["report", "--run", location, "--images", "1"]) == 0
     assert capsys.readouterr().out.strip() == run.path("report.md")
     text = run.read_text("report.md")

@@ -1,6 +1,6 @@
 import json
 
-from raysemi.rundir import RunDir, fingerprint
+from raysemi.rundir import RunDir, duration, fingerprint
 from raysemi.storage import write_text
 
 
@@ -25,3 +25,21 @@ def test_atomic_write_leaves_no_temp(tmp_path):
 def test_fingerprint_is_stable_and_sensitive():
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_status_changes_are_console_lines_with_the_stage_position(tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    run.plan_stages(["t1", "t2", "pseudo_teachers"])
+    assert (run.position("t2"), run.position("other")) == ("stage 2/3", "stage")
+    run.update_stage("t2", status="running")
+    run.update_stage("t2", val_miou=0.5)  # no change of status: no line
+    run.update_stage("t2", status="done")
+    run.update_stage("other", status="running")
+    run.update_stage("other", status="failed")
+    assert capsys.readouterr().out.splitlines() == [
+        "[t2] stage 2/3 started", "[t2] stage 2/3 done in 0m00s", "[other] stage started", "[other] stage failed in 0m00s"]
+    assert run.stage("t2") == {"status": "done", "val_miou": 0.5}
+
+
+def test_duration_text():
+    assert [duration(s) for s in (0, 59.9, 61, 3599, 3600, 3725)] == ["0m00s", "0m59s", "1m01s", "59m59s", "1h00m", "1h02m"]

@@ -4,6 +4,7 @@ resumed; bad input stopped before Ray starts."""
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,11 +22,14 @@ from raysemi.train.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 RAYSEMI = [sys.executable, "-m", "raysemi.cli"]
+# scored at the model's input size: a smoke evaluation at CamVid's 360x480 (202 masks) costs more than its
+# training; native-size scoring on Ray is tested by test_study, in the plain loop by test_protocol
+FAST = ["train.eval_at=input"]
 
 
 @pytest.fixture(scope="module")
 def teachers_run(ray_local, camvid_root, tmp_path_factory):
-    cfg = load_config(REPO / "experiments/smoke/teachers.yaml", [], str(camvid_root))
+    cfg = load_config(REPO / "experiments/smoke/teachers.yaml", FAST, str(camvid_root))
     run = RunDir(tmp_path_factory.mktemp("teachers"))
     records = run_teachers(cfg, run)
     return cfg, run, records
@@ -69,7 +73,8 @@ def test_rerun_skips_finished_teachers(teachers_run, capsys):
 
 def test_eval_and_predict_commands(teachers_run, camvid_root, tmp_path, capsys):
     _, run, records = teachers_run
-    assert main(["eval", "--checkpoint", "t1", "--run", str(run.root), "--data-root", str(camvid_root)]) == 0
+    assert main(["eval", "--checkpoint", "t1", "--run", str(run.root), "--data-root", str(camvid_root),
+                 "--set", *FAST]) == 0
     result = json.loads(Path(run.path("eval", "t1-val.json")).read_text())
     assert result["images"] == 101
     assert result["miou"] == pytest.approx(records["t1"]["val_miou"], abs=1e-6)  # the same score as in training
@@ -95,7 +100,7 @@ def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
     from raysemi.pseudo import iter_pseudo_rows, read_pseudo_table, table_uri
 
     _, run, _ = teachers_run
-    cfg = load_config(REPO / "experiments/smoke/pseudo.yaml", [], str(camvid_root))
+    cfg = load_config(REPO / "experiments/smoke/pseudo.yaml", FAST, str(camvid_root))
     run_pseudo(cfg, run)
     table = read_pseudo_table(table_uri(run, "teachers"), columns=["id", "reliability"])
     assert table.num_rows == 266 - 33
@@ -120,18 +125,30 @@ def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_ro
 
     _, run, _ = teachers_run
     cmd = RAYSEMI + ["rwms", "--config", str(REPO / "experiments/smoke/rwms.yaml"), "--run", run.root,
-                     "--data-root", str(camvid_root)]
-    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
+                     "--data-root", str(camvid_root), "--set", *FAST]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS"}  # the command sets it itself
     metrics_csv = Path(run.path("s1", "metrics.csv"))
     first = kill_after_first_checkpoint(cmd, metrics_csv)  # S1's first checkpoint (epoch 1 of 2)
-    for stage in ("t1", "t2", "pseudo_teachers"):
-        assert f"[{stage}] already done with these inputs" in first, first[-3000:]
+    # the pipeline's 7 stages: t1 t2 pseudo_teachers baseline s1 pseudo_s1 s2 (SupOnly is T1)
+    for k, stage in enumerate(("t1", "t2", "pseudo_teachers"), 1):
+        assert f"[{stage}] stage {k}/7 already done with these inputs" in first, first[-3000:]
     assert run.stage("s1")["status"] == "running"
 
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     assert "[s1] resumed from the checkpoint of epoch 1" in log, log[-3000:]
+    # one line per event: stage start and end with its position; Ray Train's per-report and
+    # per-checkpoint lines are off (--verbose brings them back), the two lanes' lines are not folded
+    for k, stage in ((4, "baseline"), (5, "s1"), (6, "pseudo_s1"), (7, "s2")):
+        assert f"[{stage}] stage {k}/7 started" in log and re.search(rf"\[{stage}\] stage {k}/7 done in \d+m\d\ds", log), stage
+    for noise in ("Reporting training result", "Checkpoint successfully created", "repeated"):
+        assert noise not in log, noise
+    # what the console showed, in the run directory, without Ray's colour codes
+    saved = sorted(Path(run.path("logs")).glob("rwms-*.log"))
+    assert len(saved) >= 2, saved  # the killed command's and this one's
+    text = saved[-1].read_text()
+    assert "[s2] stage 7/7 started" in text and "(RayTrainWorker pid=" in text and "\x1b[" not in text
     iters = [int(r["iteration"]) for r in csv.DictReader(open(metrics_csv)) if r["loss"]]
     assert iters == sorted(set(iters)) and iters[-1] == 16, "rows of the killed run past its checkpoint stay"  # 33 / 4 = 8 x 2
     stages = run.manifest()["stages"]
@@ -152,8 +169,8 @@ def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_ro
     capsys.readouterr()
     assert main(cmd[3:]) == 0
     again = capsys.readouterr().out
-    for stage in ("t1", "t2", "pseudo_teachers", "s1", "pseudo_s1", "s2", "baseline"):
-        assert f"[{stage}] already done with these inputs" in again, stage
+    for k, stage in enumerate(("t1", "t2", "pseudo_teachers", "baseline", "s1", "pseudo_s1", "s2"), 1):
+        assert f"[{stage}] stage {k}/7 already done with these inputs" in again, stage
 
 
 def test_sweep_reuses_the_teachers_and_asha_stops_the_diverging_trials(teachers_run, camvid_root, tmp_path, capsys):
@@ -170,7 +187,7 @@ def test_sweep_reuses_the_teachers_and_asha_stops_the_diverging_trials(teachers_
     from raysemi.sweep_space import load_space
 
     _, run, _ = teachers_run
-    cfg = load_config(REPO / "experiments/smoke/rwms.yaml", ["rwms.phases=1", "rwms.compare=[]", "rwms.iterations=48"],
+    cfg = load_config(REPO / "experiments/smoke/rwms.yaml", ["rwms.phases=1", "rwms.compare=[]", "rwms.iterations=48", *FAST],
                       str(camvid_root))  # 33 labeled / batch 4: 8 steps an epoch, 6 epochs
     space_file = tmp_path / "space.yaml"
     space_file.write_text("method: rwms\nmax_concurrent_trials: 2\nasha: {grace_period: 2, reduction_factor: 2}\n"

@@ -39,7 +39,7 @@ def pseudo_spec(cfg: Config, sources: list[tuple[str, list[Item]]], reweight: bo
                        cfg.pseudo.a, cfg.pseudo.b, rw.cutmix)
 
 
-def halves(cfg: Config, plan: DataPlan, pass_rec: dict) -> tuple[list[Item], list[Item]]:
+def u1_and_u2(cfg: Config, plan: DataPlan, pass_rec: dict) -> tuple[list[Item], list[Item]]:
     """U1 and U2: the pass's split by reliability, or (rwms.split random) a seeded draw of the same sizes."""
     reliable = read_split_file(pass_rec["split"]["reliable_file"], plan.root)
     unreliable = read_split_file(pass_rec["split"]["unreliable_file"], plan.root)
@@ -56,17 +56,19 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
     plan = plan_data(cfg, run)
     check_items(plan.labeled + plan.val)
     init_ray(cfg.ray)
-    teachers = run_teachers(cfg, run)
-    pass_rec = run_pseudo(cfg, run)
-    table = pass_rec["table"]
     student: ModelConfig = rw.student or cfg.teachers.t1
     scfg = student_config(cfg)
-    u1, u2 = halves(cfg, plan, pass_rec)
-    everything = u1 + u2  # the pass's rows: the unlabeled images less any it rejected (--skip-bad)
     same_schedule = dataclasses.replace(scfg.train, cpus_per_worker=cfg.train.cpus_per_worker) == cfg.train
     suponly_is_t1 = student == cfg.teachers.t1 and same_schedule  # same model, data, seed and schedule
     if "suponly" in rw.compare and suponly_is_t1:
         print("[suponly] the student model and schedule are T1's: SupOnly is T1")
+    compared = [s for s in ("suponly", "baseline", "oracle") if s in rw.compare and not (s == "suponly" and suponly_is_t1)]
+    run.plan_stages(["t1", "t2", "pseudo_teachers", *compared, "s1", *(["pseudo_s1", "s2"] if rw.phases == 2 else [])])
+    teachers = run_teachers(cfg, run)
+    pass_rec = run_pseudo(cfg, run)
+    table = pass_rec["table"]
+    u1, u2 = u1_and_u2(cfg, plan, pass_rec)
+    everything = u1 + u2  # the pass's rows: the unlabeled images less any it rejected (--skip-bad)
 
     def comparisons() -> dict[str, dict]:
         out = {}

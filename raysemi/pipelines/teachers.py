@@ -17,6 +17,8 @@ def run_teachers(cfg: Config, run: RunDir) -> dict[str, dict]:
     init_ray(cfg.ray)
     models = {"t1": cfg.teachers.t1, "t2": cfg.teachers.t2}
     # Each fit() blocks its thread while its workers train; both runs hold their own workers.
+    if not run.planned:  # `raysemi teachers`; inside RWMS the pipeline planned its stages
+        run.plan_stages(list(TEACHERS))
     with ThreadPoolExecutor(len(TEACHERS)) as pool:
         futures = {name: pool.submit(train_stage, run, name, cfg, models[name], plan.labeled, plan) for name in TEACHERS}
         records = {name: f.result() for name, f in futures.items()}

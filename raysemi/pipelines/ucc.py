@@ -41,6 +41,7 @@ def run_ucc(cfg: Config, run: RunDir) -> dict[str, dict]:
         jobs["suponly"] = lambda: train_stage(run, "suponly", cfg, cfg.model, plan.labeled, plan)
     if "oracle" in cfg.ucc.compare:  # the single-head model on D_l + U with U's true masks, UCC's batch composition
         jobs["oracle"] = lambda: train_oracle(run, cfg, cfg.model, plan, cfg.ucc.unlabeled_batch_size or cfg.train.batch_size)
+    run.plan_stages(list(jobs))
     # side by side, as the teachers: each fit() blocks its thread while its own workers train
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = {name: pool.submit(job) for name, job in jobs.items()}

@@ -45,7 +45,9 @@ from raysemi.evaluate import evaluate
 from raysemi.methods.losses import build_criterion, weighted_cross_entropy
 from raysemi.methods.metrics import iou_per_class, mean_iou
 from raysemi.models import build_model
-from raysemi.train.checkpoint import BEST_FILE, STATE_FILE, cpu_state_dict, make_bundle, save_torch, unwrap
+from raysemi.rundir import duration
+from raysemi.train.checkpoint import (BEST_FILE, STATE_FILE, cpu_state_dict, load_torch, make_bundle, save_torch,
+                                      unwrap)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class TrainJob:
     pseudo: dict | None = None
     # UCC: {"settings": UCCSettings as a dict, "unlabeled": [[id, image, None]], "batch_size", "strong_max_ops"}
     ucc: dict | None = None
+    ray_logs: bool = False  # Ray Train's per-report lines on the console (raysemi --verbose)
 
 
 def poly_lr(base: float, it: int, total: int, power: float) -> float:
@@ -139,8 +142,7 @@ class _Session:
 
 
 def _load_pair(d: Path) -> tuple[dict, dict]:
-    return (torch.load(d / STATE_FILE, map_location="cpu", weights_only=False),
-            torch.load(d / BEST_FILE, map_location="cpu", weights_only=False))
+    return load_torch(d / STATE_FILE), load_torch(d / BEST_FILE)
 
 
 class _Log:
@@ -201,14 +203,14 @@ class _Log:
             print(f"[{self.stage}] {text}", flush=True)
 
 
-def _eta(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def train_loop_per_worker(job_dict: dict) -> None:
     """Entry point of every Ray Train worker."""
-    _train(TrainJob(**job_dict))
+    job = TrainJob(**job_dict)
+    if not job.ray_logs:
+        from raysemi.console import quiet_ray_train_reports
+
+        quiet_ray_train_reports()
+    _train(job)
 
 
 def run_plain(job: TrainJob) -> dict:
@@ -327,7 +329,7 @@ def _train(job: TrainJob) -> dict:
                     f", UGRM keeps {100 * float(stats['used_1']):.0f}/{100 * float(stats['used_2']):.0f}% of pixels"
                     if stats and job.ucc["settings"]["ugrm"] else "") + ")"
                 log.say(f"epoch {epoch + 1}/{epochs} it {it + 1}/{total} loss {loss.item():.4f}{unsup} "
-                        f"lr {lr:.2e} {per_it:.2f}s/it ETA {_eta(per_it * (total - it - 1))}")
+                        f"lr {lr:.2e} {per_it:.2f}s/it ETA {duration(per_it * (total - it - 1))}")
                 log.row(epoch=epoch + 1, iteration=it + 1, loss=f"{loss.item():.5f}", lr=f"{lr:.6g}", val_miou="",
                         loss_u="" if loss_u is None else f"{loss_u.item():.5f}")
 

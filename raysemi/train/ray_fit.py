@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from raysemi import storage
+from raysemi.console import ray_logs
 from raysemi.config import RayConfig, TrainConfig
 from raysemi.train.checkpoint import BEST_FILE
 from raysemi.train.loop import TrainJob, train_loop_per_worker
@@ -13,14 +14,10 @@ from raysemi.train.loop import TrainJob, train_loop_per_worker
 
 def init_ray(rc: RayConfig) -> None:
     """Start (or join) Ray once per process; tests and Tune trials may have started it already."""
-    import os
-
     import ray
 
     if ray.is_initialized():
         return
-    # Ray folds similar lines of different workers into one ("repeated 2x"): that hides progress.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if rc.address:
         ray.init(address=rc.address)
     else:
@@ -50,7 +47,7 @@ def fit(job: TrainJob, tc: TrainConfig, storage_path: str, run_name: str, best_t
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(job),
+        train_loop_config=asdict(replace(job, ray_logs=ray_logs())),
         scaling_config=scaling_config(tc),
         run_config=RunConfig(
             name=run_name,
