@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class DataConfig:
+class DatasetConfig:
     dataset: Literal["camvid", "voc", "cityscapes", "folder"] = "camvid"
     root: str = ""  # dataset folder; --data-root overrides it
     num_classes: int | None = None  # required for "folder"; the others know theirs
@@ -295,7 +295,7 @@ class RayConfig:
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)  # for `raysemi train`
     train: TrainConfig = field(default_factory=TrainConfig)  # schedule of every training stage
     teachers: TeachersConfig = field(default_factory=TeachersConfig)

@@ -10,22 +10,24 @@ import io
 
 import numpy as np
 
+from raysemi.data.datasets import IGNORE_INDEX
 from raysemi.methods.reliability import rank_weights
 from raysemi import storage
 
-IGNORE = 255
 DPI = 100
 RELIABLE_COLOUR = "#2a9d8f"
 UNRELIABLE_COLOUR = "#e76f51"
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A bare Figure (no pyplot: no global backend state, no display), the one every picture starts from."""
     from matplotlib.figure import Figure  # imported here: importing raysemi.figures stays cheap
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig, path) -> str:
+def save_png(fig, path) -> str:
+    """Render `fig` as a PNG and write it at `path` (local or URI), atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)  # a bare Figure renders with the Agg canvas
     storage.write_bytes(path, buf.getvalue())
@@ -45,7 +47,7 @@ def reliability_histogram(reliability: np.ndarray, reliable_mask: np.ndarray, pa
         raise ValueError("reliability values must lie in [0, 1]")
     threshold = float(r[mask].min()) if mask.any() and (~mask).any() else None
     edges = _edges(r, threshold, bins)
-    fig = _figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.0)
     ax = fig.add_subplot()
     for sel, name, colour in ((mask, "reliable (U1)", RELIABLE_COLOUR), (~mask, "unreliable (U2)", UNRELIABLE_COLOUR)):
         values = r[sel]
@@ -62,7 +64,7 @@ def reliability_histogram(reliability: np.ndarray, reliable_mask: np.ndarray, pa
     ax.set_title("Reliability of the teacher pair's pseudo labels")
     ax.legend(loc="best", fontsize="small")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _edges(r: np.ndarray, threshold: float | None, bins: int) -> np.ndarray:
@@ -84,7 +86,8 @@ def _default_palette(n: int) -> np.ndarray:
     return np.asarray([[int(255 * v) for v in cmap(i % 20)[:3]] for i in range(n)], dtype=np.uint8)
 
 
-def _colorize(label: np.ndarray, palette) -> np.ndarray:
+def colorize(label: np.ndarray, palette) -> np.ndarray:
+    """Class ids -> RGB with the dataset's palette."""
     lut = np.zeros((256, 3), dtype=np.uint8)  # the ignore label and ids beyond the palette stay black
     colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
     lut[: len(colours)] = colours
@@ -103,13 +106,13 @@ def weight_heatmaps(rows: list[dict], images: list[np.ndarray], a: float, b: flo
         raise ValueError("weight_heatmaps needs at least one row")
     if len(rows) != len(images):
         raise ValueError(f"{len(rows)} rows but {len(images)} images")
-    n_classes = 1 + max(int(np.max(np.where(r["label"] == IGNORE, 0, r["label"]))) for r in rows)
+    n_classes = 1 + max(int(np.max(np.where(r["label"] == IGNORE_INDEX, 0, r["label"]))) for r in rows)
     palette = _default_palette(max(n_classes, 1)) if palette is None else palette
     vmax = max(float(a), 1e-12)
     height, width = np.asarray(rows[0]["label"]).shape
     panel_w = 2.6
     panel_h = max(1.2, panel_w * height / width) + 0.35  # room for the titles
-    fig = _figure(3 * panel_w + 0.6, panel_h * len(rows))
+    fig = new_figure(3 * panel_w + 0.6, panel_h * len(rows))
     axes = fig.subplots(len(rows), 3, squeeze=False)
     for (ax_im, ax_lab, ax_w), row, image in zip(axes, rows, images):
         label, rank = np.asarray(row["label"]), row.get("rank")
@@ -120,7 +123,7 @@ def weight_heatmaps(rows: list[dict], images: list[np.ndarray], a: float, b: flo
         r = row.get("reliability")
         ax_im.imshow(image, interpolation="nearest")
         ax_im.set_title(f"{row.get('id', '')}" + ("" if r is None else f"\nr = {float(r):.3f}"), fontsize="small")
-        ax_lab.imshow(_colorize(label, palette), interpolation="nearest")
+        ax_lab.imshow(colorize(label, palette), interpolation="nearest")
         ax_lab.set_title("pseudo label Y1", fontsize="small")
         if rank is None:
             ax_w.text(0.5, 0.5, "no rank map\n(one-model pass)", ha="center", va="center", transform=ax_w.transAxes)
@@ -132,7 +135,7 @@ def weight_heatmaps(rows: list[dict], images: list[np.ndarray], a: float, b: flo
         for ax in (ax_im, ax_lab, ax_w):
             ax.set_xticks([])
             ax.set_yticks([])
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def figure_paths(figures_dir) -> dict[str, str]:
@@ -144,7 +147,7 @@ def sweep_plot(rows: list[dict], params: list[str], path) -> str:
     """val mIoU against each swept parameter (one panel each): finished trials filled, trials that
     ASHA stopped hollow (their best report so far), failed trials left out. Text values (ucc.views)
     are placed at evenly spaced positions."""
-    fig = _figure(3.2 * len(params), 3.0)
+    fig = new_figure(3.2 * len(params), 3.0)
     axes = fig.subplots(1, len(params), squeeze=False)[0]
     scored = [r for r in rows if not r["status"].startswith("error") and not np.isnan(float(r["val_miou"]))]
     for ax, key in zip(axes, params):
@@ -162,4 +165,4 @@ def sweep_plot(rows: list[dict], params: list[str], path) -> str:
         ax.set_ylabel("val mIoU (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -1,4 +1,4 @@
-"""Serving a trained model: `raysemi eval` (score a checkpoint on a split) and `raysemi predict`."""
+"""Using a saved model file: `raysemi eval` (score it on a split) and `raysemi predict` (masks for a folder)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,16 +9,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from raysemi.config import Config, ConfigError
-from raysemi.data.datasets import DataError, SegmentationDataset, dataset_info, list_items, load_image
+from raysemi.data.datasets import IMAGE_SUFFIXES, DataError, SegmentationDataset, dataset_info, list_items, load_image
 from raysemi.data.splits import read_split_file
 from raysemi.data.transforms import normalize
 from raysemi.evaluate import evaluate, predict
+from raysemi.figures import colorize
 from raysemi.methods.metrics import format_iou_table, iou_per_class, mean_iou
 from raysemi.pipelines.common import resolve_data_root
 from raysemi import storage
 from raysemi.train.checkpoint import load_model
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def evaluate_checkpoint(checkpoint: str, cfg: Config, split: str = "val", mode: str = "whole",
@@ -47,12 +46,6 @@ def evaluate_checkpoint(checkpoint: str, cfg: Config, split: str = "val", mode: 
             "eval_at": cfg.train.eval_at,
             "miou": miou, "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)],
             "confusion_matrix": cm.tolist()}
-
-
-def colorize(ids: np.ndarray, palette: list[list[int]]) -> np.ndarray:
-    lut = np.zeros((256, 3), dtype=np.uint8)  # ids beyond the palette (the ignore label) stay black
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return lut[ids]
 
 
 def predict_folder(checkpoint: str, input_dir: str, output_dir: str, mode: str = "whole",

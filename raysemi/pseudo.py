@@ -103,14 +103,6 @@ def decode(row: dict) -> dict:
     return out
 
 
-def weights_from_rank(rank, a: float = 1.0, b: float = 1.0):
-    """Pixel weights w = a * exp(-b * (x - 1)) from a stored rank map (numpy or torch), computed at
-    load time so that new a, b need no new pass. Rank 0 (padding) weighs 0."""
-    return rank_weights(rank, a, b)
-
-
-
-
 def table_uri(run: RunDir, name: str) -> str:
     """Where the table of pass `name` lives in a run: RUN/pseudo/<name>/ (the one place that says so)."""
     return run.path("pseudo", name)
@@ -195,7 +187,7 @@ def label_images(models: list, images: list[np.ndarray], num_classes: int, devic
             o["rank"] = rank[i]
             o["reliability"] = image_reliability(y1[i], y2[i], num_classes)
             if weights is not None:
-                o["weight"] = weights_from_rank(rank[i], *weights).astype(np.float16)
+                o["weight"] = rank_weights(rank[i], *weights).astype(np.float16)
     return out
 
 
@@ -423,7 +415,7 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
     # a pass that skipped bad images is not good enough for a rerun that would not skip them
     if (not force and run.is_done(stage, inputs) and (pc.skip_bad or not rec.get("rejected"))
             and is_complete(uri)):
-        print(f"[{stage}] already done with these inputs: {rec['rows']} images, {rec['rejected']} rejected ({uri})")
+        print(f"[{stage}] {run.position(stage)} already done with these inputs: {rec['rows']} images, {rec['rejected']} rejected ({uri})")
         return rec
 
     run.update_stage(stage, status="running", inputs=inputs, started=now(), ended=None, table=None, error=None)

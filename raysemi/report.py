@@ -22,18 +22,18 @@ from matplotlib.figure import Figure
 
 from raysemi import storage
 from raysemi.config import Config
-from raysemi.data.datasets import SegmentationDataset, dataset_info
+from raysemi.data.datasets import IGNORE_INDEX, SegmentationDataset, dataset_info
 from raysemi.data.splits import read_split_file
 from raysemi.data.transforms import normalize
 from raysemi.evaluate import predict
+from raysemi.figures import colorize, new_figure, save_png
+from raysemi.methods.metrics import percent
 from raysemi.pipelines.common import resolve_data_root
 from raysemi.rundir import RunDir
-from raysemi.serve import colorize
 from raysemi.train.checkpoint import load_model
 
 REPORT_FILE = "report.md"
 FIGURE_DIR = "report"
-IGNORE = 255
 SCORE_COLUMNS = ("val_miou", "holdout_miou", "val_miou_last", "holdout_miou_last")
 LOSS_COLOUR, MIOU_COLOUR, HOLDOUT_COLOUR = "#264653", "#e76f51", "#2a9d8f"
 PANEL = 2.6  # inches per image in the predictions grid (260 px at 100 dpi)
@@ -80,10 +80,6 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
             *("| " + " | ".join(_cell(v) for v in row) + " |" for row in rows)]
 
 
-def _percent(value) -> str | None:
-    return None if value is None else f"{100 * value:.2f}"
-
-
 def _r(value) -> str | None:
     return None if value is None else f"{value:.4f}"
 
@@ -108,7 +104,7 @@ def _wall_time(rec: dict) -> str | None:
 def _stage_table(stages: dict) -> list[str]:
     if not stages:
         return ["No stage is recorded in this run's manifest yet."]
-    rows = [[name, rec.get("status", "unknown"), *(_percent(rec.get(k)) for k in SCORE_COLUMNS), rec.get("best_epoch"),
+    rows = [[name, rec.get("status", "unknown"), *(percent(rec.get(k)) for k in SCORE_COLUMNS), rec.get("best_epoch"),
              _wall_time(rec), (rec.get("error") or "")[:120]] for name, rec in stages.items()]
     return [*_table(["stage", "status", "val mIoU %", "holdout mIoU %", "val (last) %", "holdout (last) %",
                      "selected epoch", "wall time", "error"], rows), "",
@@ -144,8 +140,8 @@ def _class_section(training: dict, finished: list[str], models: dict, split: str
     n = len(training[columns[0]][key])
     names = next(iter(models.values()))[1]["class_names"] if models else []
     names = names if len(names) == n else [f"class_{i}" for i in range(n)]  # no bundle to name them
-    rows = [[name] + [_percent(training[s][key][i]) for s in columns] for i, name in enumerate(names)]
-    rows.append([f"**mean ({split} mIoU)**"] + [_percent(training[s].get(mean_key)) for s in columns])
+    rows = [[name] + [percent(training[s][key][i]) for s in columns] for i, name in enumerate(names)]
+    rows.append([f"**mean ({split} mIoU)**"] + [percent(training[s].get(mean_key)) for s in columns])
     lines = ["", title, "", *_table(["class", *columns], rows)]
     absent = any(v is None for s in columns for v in training[s][key])
     lines += ["", f"A dash: the class does not occur in the {split} images (its IoU is undefined)."] if absent else []
@@ -186,7 +182,7 @@ def _sweep_section(run: RunDir, rec: dict) -> list[str]:
     rows = list(csv.DictReader(io.StringIO(run.read_text("tune/results.csv"))))
     params = [k for k in (rows[0] if rows else {}) if "." in k]  # the swept keys are dotted config paths
     lines += _table(["trial", *params, "val mIoU", "reports", "status"],
-                    [[r["trial_id"], *(r[k] for k in params), _percent(float(r["val_miou"])), r["reports"], r["status"]]
+                    [[r["trial_id"], *(r[k] for k in params), percent(float(r["val_miou"])), r["reports"], r["status"]]
                      for r in rows])
     if rec.get("best"):
         lines += ["", f"Best finished trial as a config: `{rec['best']}`."]
@@ -194,16 +190,6 @@ def _sweep_section(run: RunDir, rec: dict) -> list[str]:
         run.write_bytes(f"{FIGURE_DIR}/tune-miou.png", run.read_bytes("tune/miou.png"))
         lines += ["", f"![val mIoU against each parameter]({FIGURE_DIR}/tune-miou.png)"]
     return lines
-
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)  # a bare Figure renders with the Agg canvas
-    return buf.getvalue()
-
-
-def _figure(width: float, height: float) -> Figure:
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")  # a bare Figure: no pyplot, no display
 
 
 def _read_metrics(run: RunDir, stage: str) -> tuple[list, list]:
@@ -220,7 +206,7 @@ def _loss_section(run: RunDir, training: dict) -> list[str]:
     lines = ["", "## Loss curves", ""] + [f"- {name}: no metrics.csv" for name in training if name not in with_csv]
     if not with_csv:
         return lines + ([] if training else ["No training stage recorded."])
-    fig = _figure(5.0, 3.0 * len(with_csv))
+    fig = new_figure(5.0, 3.0 * len(with_csv))
     for ax, name in zip(fig.subplots(len(with_csv), 1, squeeze=False)[:, 0], with_csv):
         loss, val, holdout = _read_metrics(run, name)
         ax.set_title(f"{name} ({training[name].get('status', 'unknown')})")
@@ -237,7 +223,7 @@ def _loss_section(run: RunDir, training: dict) -> list[str]:
             twin.set_ylim(0, 1)
             twin.set_ylabel("mIoU", color=MIOU_COLOUR)
     rel = f"{FIGURE_DIR}/loss_curves.png"
-    run.write_bytes(rel, _png(fig))
+    save_png(fig, run.path(rel))
     return lines + ["", f"![loss curves]({rel})"]
 
 
@@ -265,7 +251,7 @@ def _prediction_section(run: RunDir, training: dict, models: dict, n_images: int
     dataset = SegmentationDataset([items[i] for i in picks], info, bundle.get("image_size"))
     fig = _prediction_figure(dataset, models, bundle["palette"])
     rel = f"{FIGURE_DIR}/predictions.png"
-    run.write_bytes(rel, _png(fig))
+    save_png(fig, run.path(rel))
     caption = f"Columns: image, ground truth, then {', '.join(models)}; title: pixel accuracy on the labeled pixels."
     return lines + [caption, "", f"![predictions]({rel})"]
 
@@ -274,7 +260,7 @@ def _prediction_figure(dataset: SegmentationDataset, models: dict, palette) -> F
     """Rows = images; columns = image | ground truth | each model's prediction, in palette colours."""
     first = dataset.load(0)[0]
     cols, aspect = 2 + len(models), first.shape[0] / first.shape[1]
-    fig = _figure(PANEL * cols, (PANEL * aspect + 0.4) * len(dataset))  # 0.4 in for each row's titles
+    fig = new_figure(PANEL * cols, (PANEL * aspect + 0.4) * len(dataset))  # 0.4 in for each row's titles
     for i, row in enumerate(fig.subplots(len(dataset), cols, squeeze=False)):
         image, mask = dataset.load(i)
         panels = [(image, dataset.items[i].id), (colorize(mask, palette), "ground truth")]
@@ -289,5 +275,5 @@ def _prediction_figure(dataset: SegmentationDataset, models: dict, palette) -> F
 
 
 def _accuracy(ids: np.ndarray, mask: np.ndarray) -> str:
-    labeled = mask != IGNORE
+    labeled = mask != IGNORE_INDEX
     return f"{100 * (ids == mask)[labeled].mean():.1f}%" if labeled.any() else "no labeled pixels"

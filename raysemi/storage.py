@@ -101,11 +101,6 @@ def remove(location: str | os.PathLike) -> None:
         fs.delete_dir(path)
 
 
-def make_dirs(location: str | os.PathLike) -> None:
-    fs, path = filesystem(location)
-    fs.create_dir(path, recursive=True)
-
-
 def list_files(location: str | os.PathLike) -> list[str]:
     """Relative paths of the files under a folder (recursive, sorted); [] if it does not exist."""
     fs, path = filesystem(location)

@@ -1,14 +1,12 @@
 """The pseudo-label table without Ray: config, encoding, plain-pyarrow reading, weights, the split by
 reliability (hand-computed), incomplete tables, error unwrapping and the command's early checks."""
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from raysemi.cli import main
 from raysemi.config import ConfigError, load_config
@@ -25,7 +23,6 @@ from raysemi.pseudo import (
     split_by_reliability,
     table_schema,
     user_error,
-    weights_from_rank,
 )
 
 
@@ -93,14 +90,6 @@ def test_incomplete_table_is_refused(tmp_path):
         read_pseudo_table(uri)
     with pytest.raises(IncompleteTableError):
         read_pseudo_table(str(tmp_path / "missing"))
-
-
-def test_weights_from_rank_by_hand():
-    rank = np.array([[1, 2], [3, 0]], dtype=np.uint8)
-    w = weights_from_rank(rank, a=2.0, b=0.5)
-    assert w.dtype == np.float32
-    np.testing.assert_allclose(w, [[2.0, 2 * math.exp(-0.5)], [2 * math.exp(-1.0), 0.0]], rtol=1e-6)
-    np.testing.assert_allclose(weights_from_rank(torch.tensor([[1, 3]], dtype=torch.uint8)).numpy(), [[1.0, math.exp(-2)]], rtol=1e-6)
 
 
 def test_split_by_reliability_by_hand(tmp_path):

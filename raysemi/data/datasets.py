@@ -203,7 +203,7 @@ def _cityscapes_items(root: str, split: str) -> list[Item]:
     return items
 
 
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _folder_items(root: str, split: str) -> list[Item]:
@@ -213,7 +213,7 @@ def _folder_items(root: str, split: str) -> list[Item]:
     items = []
     for name in sorted(os.listdir(image_dir)):
         stem, ext = os.path.splitext(name)
-        if ext.lower() not in _IMAGE_EXTS:
+        if ext.lower() not in IMAGE_SUFFIXES:
             continue
         image = os.path.join(image_dir, name)
         mask = os.path.join(mask_dir, f"{stem}.png")

@@ -34,13 +34,13 @@ import torch
 
 from raysemi.data.datasets import IGNORE_INDEX, DataError
 from raysemi.data.transforms import StrongPhotometricRWMS, WeakAugment, normalize
+from raysemi.methods.reliability import rank_weights
 from raysemi.pseudo import (
     decode,
     iter_pseudo_batches,
     load_for_labeling,
     table_dataset,
     table_meta,
-    weights_from_rank,
 )
 
 READ_COLUMNS = ["id", "height", "width", "label", "rank"]
@@ -211,7 +211,7 @@ class PseudoStream(torch.utils.data.IterableDataset):
             # unranked): it must not count among Eq. 5's N pixels either
             mask[rank == 0] = IGNORE_INDEX
         if self.reweight:
-            weight = weights_from_rank(rank, self.a, self.b)
+            weight = rank_weights(rank, self.a, self.b)
         else:
             weight = (mask != IGNORE_INDEX).astype(np.float32)
         return {"image": normalize(image), "mask": torch.from_numpy(mask),

@@ -11,6 +11,13 @@ import numpy as np
 import torch
 
 
+def percent(fraction, missing: str = "-") -> str:
+    """0.4123 -> '41.23': how every table prints an mIoU or IoU; `missing` for None, '' or NaN."""
+    if fraction is None or fraction == "" or np.isnan(float(fraction)):
+        return missing
+    return f"{100 * float(fraction):.2f}"
+
+
 def _as_int_array(x, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
@@ -86,12 +93,9 @@ def format_iou_table(cm: np.ndarray, class_names: Sequence[str]) -> str:
     share = cm.sum(axis=1) / total if total > 0 else np.zeros(cm.shape[0])
     width = max([len("pixel acc")] + [len(str(n)) for n in class_names])
 
-    def pct(v: float) -> str:
-        return "-" if np.isnan(v) else f"{100 * v:.2f}"
-
     lines = [f"{'class':<{width}}  {'IoU %':>7}  {'pixels %':>8}"]
     for name, v, s in zip(class_names, iou, share):
-        lines.append(f"{str(name):<{width}}  {pct(v):>7}  {100 * s:>8.2f}")
-    lines.append(f"{'mIoU':<{width}}  {pct(mean_iou(cm)):>7}")
-    lines.append(f"{'pixel acc':<{width}}  {pct(pixel_accuracy(cm)):>7}")
+        lines.append(f"{str(name):<{width}}  {percent(v):>7}  {100 * s:>8.2f}")
+    lines.append(f"{'mIoU':<{width}}  {percent(mean_iou(cm)):>7}")
+    lines.append(f"{'pixel acc':<{width}}  {percent(pixel_accuracy(cm)):>7}")
     return "\n".join(lines)

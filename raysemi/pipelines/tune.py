@@ -168,13 +168,13 @@ def run_trial(params: dict, *, base: dict, root: str, method: str, reuse: bool) 
 def _students_on_shared_pass(cfg: Config, shared: RunDir, trial: RunDir) -> dict:
     """The students of one trial on the sweep's teacher pass: the trial's own split by its rho."""
     from raysemi.pipelines.pseudo import STAGE as PASS_STAGE
-    from raysemi.pipelines.rwms import halves, train_students
+    from raysemi.pipelines.rwms import train_students, u1_and_u2
     from raysemi.pseudo import split_by_reliability
 
     table = shared.stage(PASS_STAGE)["table"]
     plan = plan_data(cfg, trial)
     split = split_by_reliability(table, plan.unlabeled, plan.root, cfg.pseudo.rho, trial.path("splits"))
-    u1, u2 = halves(cfg, plan, {"split": split})
+    u1, u2 = u1_and_u2(cfg, plan, {"split": split})
     return train_students(cfg, trial, plan, table, u1, u2)["rwms"]
 
 
