@@ -112,6 +112,45 @@ def test_csv_and_md_of_hand_written_manifests(tmp_path):
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_ucc_without_its_own_suponly_is_compared_with_the_same_training_in_the_rwms_runs(tmp_path):
+    """The CamVid study's configs: UCC trains no SupOnly (ucc.compare []), and the RWMS run of the same
+    seeds has a T1 that is that SupOnly (same data, model and schedule; only the CPUs differ). Its rows
+    stand in, named; a T1 trained on another schedule does not."""
+    configs = [str(REPO / "experiments/camvid/study/rwms.yaml"), str(REPO / "experiments/camvid/study/ucc.yaml")]
+    runs = study.plan_runs(str(tmp_path / "s"), configs, ["rwms", "ucc"], [0, 1], None)
+    assert runs[0].cfg.train.cpus_per_worker != runs[2].cfg.train.cpus_per_worker  # resources may differ
+    for r, (t1, ucc) in zip(runs, ((0.34, None), (0.36, None), (None, 0.33), (None, 0.37))):
+        d = RunDir(r.run)
+        stage, value = ("t1", t1) if r.method == "rwms" else ("ucc", ucc)
+        d.update_stage(stage, status="done", val_miou=value + 0.1, holdout_miou=value, best_epoch=75)
+    rows, notes = study.collect_rows(runs)
+    assert [(r["config"], r["model"], r["seed"], r["holdout_selected"]) for r in rows] == [
+        ("rwms", "T1", 0, 0.34), ("rwms", "SupOnly", 0, 0.34), ("rwms", "T1", 1, 0.36), ("rwms", "SupOnly", 1, 0.36),
+        ("ucc", "UCC", 0, 0.33), ("ucc", "SupOnly", 0, 0.34), ("ucc", "UCC", 1, 0.37), ("ucc", "SupOnly", 1, 0.36)]
+    assert "ucc: SupOnly is rwms's T1 for the same seeds" in " ".join(notes)
+    ucc = next(e for e in study.summarise(rows) if e["model"] == "UCC")
+    assert ucc["diff"] == pytest.approx(0.0) and ucc["separated"] is False  # (33 + 37) / 2 - (34 + 36) / 2
+
+    runs[2].cfg.train.iterations += 1  # another schedule: not the same training, no stand-in
+    rows, _ = study.collect_rows(runs)
+    assert [r["model"] for r in rows if r["config"] == "ucc"] == ["UCC", "UCC", "SupOnly"]
+
+
+def test_tables_only_writes_what_finished_and_names_the_rest_without_ray(tmp_path, capsys):
+    import ray
+
+    root = tmp_path / "study"
+    done = RunDir(root / "ucc" / "split0-seed0")
+    done.update_stage("ucc", status="done", val_miou=0.41, holdout_miou=0.31, best_epoch=2)
+    cmd = ["study", "--config", SMOKE_UCC, "--method", "ucc", "--seeds", "0,1", "--run", str(root), "--tables-only"]
+    assert main(cmd) == 0 and not ray.is_initialized()
+    rows = list(csv.DictReader(open(root / "study.csv")))
+    assert [(r["model"], r["seed"], r["holdout_selected"]) for r in rows] == [("UCC", "0", "31.00")]
+    md = (root / "study.md").read_text()
+    assert "- ucc/split0-seed1: not run yet (--tables-only)" in md
+    assert not (root / "ucc" / "split0-seed1" / "manifest.json").exists()  # nothing was started
+
+
 def test_plan_names_seeds_and_overrides(tmp_path):
     other = tmp_path / "ucc.yaml"  # the same stem as the smoke config
     other.write_text(Path(SMOKE_UCC).read_text())
@@ -150,7 +189,7 @@ def test_a_failed_run_leaves_the_others_and_exits_1(tmp_path, monkeypatch, capsy
     rows = list(csv.DictReader(open(root / "study.csv")))
     assert [(r["model"], r["seed"], r["val_selected"], r["holdout_selected"]) for r in rows] == [("UCC", "0", "30.00", "")]
     md = (root / "study.md").read_text()
-    assert "Failed runs" in md and "ucc/split0-seed1: RuntimeError: worker died" in md
+    assert "Runs not in the tables (failed, or not run yet)" in md and "ucc/split0-seed1: RuntimeError: worker died" in md
     assert "| ucc | UCC | 1 | 30.00 ± - | - |" in md
     assert (root / "study.png").is_file() and (root / "study.yaml").is_file()
 
@@ -187,7 +226,7 @@ def test_set_may_not_set_the_seeds(tmp_path, capsys):
 # --- end to end on Ray ------------------------------------------------------------------------
 
 
-def test_smoke_ucc_study_two_seeds_then_rerun_trains_nothing(ray_local, camvid_root, tmp_path):
+def test_smoke_ucc_study_two_seeds_then_rerun_trains_nothing(ray_local, camvid_root, tmp_path, capsys):
     root = tmp_path / "study"
     # UCC alone (SupOnly has its own tests) on 1/16 of the labels at 32x40, one epoch (17 labeled / batch 4:
     # 4 steps); the two seeds' runs side by side
@@ -233,10 +272,11 @@ def test_smoke_ucc_study_two_seeds_then_rerun_trains_nothing(ray_local, camvid_r
                 for k, v in RunDir(root / "ucc" / f"split0-seed{s}").manifest()["stages"].items()}
 
     before = ended()
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)  # --parallel auto
-    log = again.stdout + again.stderr
-    assert again.returncode == 0, log[-3000:]
+    capsys.readouterr()
+    assert main(cmd[3:]) == 0  # --parallel auto; in this process, on the module's Ray (nothing trains)
+    seen = capsys.readouterr()
+    log = seen.out + seen.err
     assert "1 at once: a local Ray" in log, log[-3000:]
-    assert log.count("[ucc] already done with these inputs") == 2, log[-3000:]
+    assert log.count("[ucc] stage 1/1 already done with these inputs") == 2, log[-3000:]
     assert ended() == before  # nothing trained again
     assert list(csv.DictReader(open(root / "study.csv"))) == rows

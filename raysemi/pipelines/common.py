@@ -1,12 +1,14 @@
 """Pieces every pipeline shares: where the data is, which images are labeled, one training stage."""
 from __future__ import annotations
 
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from raysemi.config import Config, ConfigError, ModelConfig
 from raysemi.data.datasets import DataError, DatasetInfo, Item, dataset_info, list_items
 from raysemi.data.splits import make_split, parse_fraction, read_split_file, write_split_file
+from raysemi.methods.metrics import percent
 from raysemi import storage
 from raysemi.rundir import RunDir, fingerprint, now
 
@@ -187,6 +189,19 @@ def train_oracle(run: RunDir, cfg: Config, model: ModelConfig, plan: DataPlan, b
                                    cutmix=cutmix))
 
 
+# train.* keys that do not change what a stage trains (worker counts, resources, logging): not in its fingerprint
+NOT_INPUTS = ("log_every", "max_failures", "num_workers", "cpus_per_worker", "resources")
+
+
+def same_training(cfg_a: Config, model_a: ModelConfig, cfg_b: Config, model_b: ModelConfig) -> bool:
+    """Whether two configs train the same supervised model: same data, model and schedule (what a
+    stage's fingerprint holds, less the images, which the data config decides)."""
+    def schedule(cfg: Config) -> dict:
+        return {k: v for k, v in asdict(cfg.train).items() if k not in NOT_INPUTS}
+
+    return cfg_a.data == cfg_b.data and model_a == model_b and schedule(cfg_a) == schedule(cfg_b)
+
+
 def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan,
                 pseudo: dict | None = None, ucc: dict | None = None) -> dict:
     """Train one model as a Ray Train run; skip it if it finished with the same inputs. With `pseudo`
@@ -196,16 +211,14 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
     from raysemi.train.ray_fit import fit
 
     job = make_job(run, stage, cfg, model, train_items, plan, pseudo, ucc)
-    # Inputs that change the result; worker counts and logging do not.
-    train_inputs = {k: v for k, v in job.train.items()
-                    if k not in ("log_every", "max_failures", "num_workers", "cpus_per_worker", "resources")}
+    train_inputs = {k: v for k, v in job.train.items() if k not in NOT_INPUTS}
     tables = [table_meta(s["uri"])["inputs"] for s in pseudo["sources"]] if pseudo else None
     inputs = fingerprint({"model": job.model, "train": train_inputs, "data": [job.dataset, job.train_items, job.val_items,
                           job.holdout_items, job.crop_size, job.scale, job.image_size],
                           **({"pseudo": [pseudo, tables]} if pseudo else {}), **({"ucc": ucc} if ucc else {})})
     if run.is_done(stage, inputs):
         rec = run.stage(stage)
-        print(f"[{stage}] already done with these inputs: {describe_record(rec)} ({rec['checkpoint']})")
+        print(f"[{stage}] {run.position(stage)} already done with these inputs: {describe_record(rec)} ({rec['checkpoint']})")
         return rec
     run.update_stage(stage, status="running", inputs=inputs, started=now(), checkpoint=None,
                      **dict.fromkeys(SCORE_KEYS))
@@ -232,15 +245,11 @@ SCORE_KEYS = ("val_miou", "holdout_miou", "val_miou_last", "holdout_miou_last", 
               "holdout_iou_per_class", "best_epoch")
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
 def describe_record(rec: dict) -> str:
     """'val mIoU 42.10, holdout 38.20 (selected at epoch 50)' of a finished stage."""
-    text = f"val mIoU {_pct(rec.get('val_miou'))}"
+    text = f"val mIoU {percent(rec.get('val_miou'))}"
     if rec.get("holdout_miou") is not None:
-        text += f", holdout {_pct(rec['holdout_miou'])}"
+        text += f", holdout {percent(rec['holdout_miou'])}"
     return text + (f" (selected at epoch {rec['best_epoch']})" if rec.get("best_epoch") else "")
 
 
@@ -252,7 +261,7 @@ def results_table(records: dict[str, dict]) -> str:
     heads = {"val_miou": "val", "holdout_miou": "holdout", "val_miou_last": "val last", "holdout_miou_last": "holdout last"}
     width = max([10, *map(len, records)])
     lines = [f"{'model':<{width}} " + " ".join(f"{heads[k]:>12}" for k in keys)]
-    lines += [f"{name:<{width}} " + " ".join(f"{_pct(rec.get(k)):>12}" for k in keys) for name, rec in records.items()]
+    lines += [f"{name:<{width}} " + " ".join(f"{percent(rec.get(k)):>12}" for k in keys) for name, rec in records.items()]
     lines.append("mIoU %; val and holdout: the model selected on val; last: the last evaluation's model"
                  if holdout else "val mIoU %: the model selected on val; last: the last evaluation's model")
     return "\n".join(lines)

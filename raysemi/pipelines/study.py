@@ -29,6 +29,7 @@ import yaml
 
 from raysemi import storage
 from raysemi.config import Config, ConfigError, dump_yaml, load_config
+from raysemi.methods.metrics import percent
 from raysemi.rundir import RunDir
 
 METHODS = ("rwms", "ucc")
@@ -94,6 +95,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="dataset folder (default for CamVid: ../shared/datasets/camvid)")
     p.add_argument("--parallel", type=parallel_value, default="auto", metavar="N|auto",
                    help="runs at once (default auto: 1 on a local Ray; on a cluster as many as its CPUs hold)")
+    p.add_argument("--tables-only", action="store_true",
+                   help="write study.csv/md/png from the runs that finished so far; train nothing, start no Ray")
 
 
 # --- planning ---------------------------------------------------------------------------------
@@ -261,15 +264,43 @@ def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, 
 
 
 def collect_rows(runs: list[StudyRun]) -> tuple[list[dict], list[str]]:
-    """The rows of every run's manifest, in plan order, and the notes (once each)."""
+    """The rows of every run's manifest, in plan order, and the notes (once each). A UCC run that does
+    not train its own SupOnly gets, as its SupOnly row, the T1 of an RWMS run of the study with the same
+    seeds when that T1 is the same training (same data, model and schedule: `same_training`)."""
     rows, notes = [], []
     for r in runs:
         compare = r.cfg.rwms.compare if r.method == "rwms" else r.cfg.ucc.compare
         got, got_notes = manifest_rows(RunDir(r.run).manifest(), config=r.name, method=r.method,
                                        split_seed=r.split_seed, seed=r.seed, run=r.run, compare=compare)
+        if r.method == "ucc" and "suponly" not in compare and got:  # over the seeds UCC has finished
+            stand_in = _rwms_t1_as_suponly(r, runs)
+            if stand_in:
+                got.append(stand_in[0])
+                got_notes.append(stand_in[1])
         rows += got
         notes += [n for n in got_notes if n not in notes]
     return rows, notes
+
+
+def _rwms_t1_as_suponly(run: StudyRun, runs: list[StudyRun]) -> tuple[dict, str] | None:
+    """(row, note) of the T1 of an RWMS run with `run`'s seeds whose training is the SupOnly `run` would
+    train (the single-head model cfg.model on the labeled images), or None."""
+    from raysemi.pipelines.common import same_training
+
+    for other in runs:
+        if other.method != "rwms" or (other.split_seed, other.seed) != (run.split_seed, run.seed):
+            continue
+        if not same_training(run.cfg, run.cfg.model, other.cfg, other.cfg.teachers.t1):
+            continue
+        t1 = RunDir(other.run).stage("t1")
+        if not t1 or t1.get("status") != "done":
+            continue
+        rows, _ = manifest_rows({"stages": {"t1": t1}}, config=run.name, method="rwms", split_seed=run.split_seed,
+                                seed=run.seed, run=other.run)
+        row = {**rows[0], "method": run.method, "model": SUPONLY}
+        return row, (f"{run.name}: SupOnly is {other.name}'s T1 for the same seeds (the same data, model and "
+                     "schedule, so it is trained once); its rows are that T1's records.")
+    return None
 
 
 # --- aggregation (plain functions) ------------------------------------------------------------
@@ -316,18 +347,13 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def pct(v) -> str:
-    """A fraction as a percentage with 2 decimals; '' for a missing value."""
-    return "" if v is None or v == "" else f"{100 * float(v):.2f}"
-
-
 def csv_text(rows: list[dict]) -> str:
     """study.csv: COLUMNS; the four mIoU columns in percent with 2 decimals, empty when missing."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({**{k: ("" if r.get(k) is None else r[k]) for k in COLUMNS}, **{m: pct(r.get(m)) for m in METRICS}})
+        writer.writerow({**{k: ("" if r.get(k) is None else r[k]) for k in COLUMNS}, **{m: percent(r.get(m), missing="") for m in METRICS}})
     return buf.getvalue()
 
 
@@ -362,7 +388,7 @@ def seed_table(rows: list[dict]) -> str:
     lines = ["| config | model | split seed | seed | val selected | holdout selected | val last | holdout last "
              "| best epoch |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        cells = [pct(r.get(m)) or "-" for m in METRICS]
+        cells = [percent(r.get(m)) for m in METRICS]
         epoch = "-" if r.get("best_epoch") is None else r["best_epoch"]
         lines.append(f"| {r['config']} | {r['model']} | {r['split_seed']} | {r['seed']} | " + " | ".join(cells)
                      + f" | {epoch} |")
@@ -384,7 +410,7 @@ def md_text(rows: list[dict], summary: list[dict], notes: list[str] = (), failed
     if notes:
         parts += ["", *[f"- {n}" for n in notes]]
     if failed:
-        parts += ["", "Failed runs (not in the tables):", "", *[f"- {k}: {v}" for k, v in failed.items()]]
+        parts += ["", "Runs not in the tables (failed, or not run yet):", "", *[f"- {k}: {v}" for k, v in failed.items()]]
     parts += ["", "## Per seed", "", seed_table(rows)]
     if plot:
         parts += ["", f"![per-seed values and means]({plot})"]
@@ -394,10 +420,10 @@ def md_text(rows: list[dict], summary: list[dict], notes: list[str] = (), failed
 def study_plot(rows: list[dict], path) -> str:
     """Per (config, model): the per-seed holdout-selected values (val selected for a config without
     holdout) as dots, their mean as a horizontal line. A bare matplotlib Figure, as raysemi.figures."""
-    from raysemi.figures import RELIABLE_COLOUR, UNRELIABLE_COLOUR, _figure, _save
+    from raysemi.figures import RELIABLE_COLOUR, UNRELIABLE_COLOUR, new_figure, save_png
 
     summary = summarise(rows)
-    fig = _figure(max(4.0, 0.9 * len(summary) + 1.5), 3.6)
+    fig = new_figure(max(4.0, 0.9 * len(summary) + 1.5), 3.6)
     ax = fig.add_subplot()
     for x, e in enumerate(summary):
         ys = [100 * float(r[e["compared"]]) for r in rows
@@ -413,7 +439,7 @@ def study_plot(rows: list[dict], path) -> str:
     ax.grid(axis="y", alpha=0.3)
     if not rows:
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -445,6 +471,11 @@ def run_study(args: argparse.Namespace) -> int:
 
     root = RunDir(args.run)
     runs = plan_runs(root.root, args.config, args.method, args.seeds, args.split_seeds, args.set, args.data_root)
+    if args.tables_only:  # a study in progress: the tables of what finished, the rest named in study.md
+        pending = {r.label: "not run yet (--tables-only)" for r in runs if not collect_rows([r])[0]}
+        paths, table = write_outputs(root, runs, pending)
+        print(f"\n{table}\n\nstudy: {paths['md']}\ntable: {paths['csv']}\nplot: {paths['png']}")
+        return 0
     init_ray(runs[0].cfg.ray)  # once, before the runs' threads
     parallel, why = resolve_parallel(args.parallel, runs)
     n = len(args.config)
