@@ -64,7 +64,7 @@ def load_torch(path: str | Path, map_location: str = "cpu") -> Any:
         raise CheckpointError(
             f"{path}: refused to load: its pickle holds more than tensors and plain values, so loading it "
             f"could run code: {refused}. raysemi writes only tensors and plain values; re-create the file "
-            f"with raysemi, or load it yourself with torch.load(..., weights_only=False) if you trust it") from None
+            f"with raysemi (only a source you trust may be unpickled without torch's allow-list)") from None
 
 
 def make_bundle(state_dict: dict, model_cfg: dict, meta: dict) -> dict:
