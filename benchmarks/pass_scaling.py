@@ -7,7 +7,10 @@ one 1-CPU actor per worker node (Ray Data spreads the pool's actors over the nod
 physical cores that 1 node leaves half idle; on a real cluster each node brings its own.
 
     make demo   # or any run whose teachers finished
-    .venv/bin/python benchmarks/pass_scaling.py --run runs/demo [--data-root DIR] [--nodes 1 2]
+    .venv/bin/python benchmarks/pass_scaling.py --run runs/demo [--data-root DIR] [--nodes 1 2] [--images 3000]
+
+--images repeats the unlabeled images under distinct ids (as benchmarks/pseudo_label.py does), so the
+actors' start-up weighs little in the time.
 """
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ import shutil
 import tempfile
 import time
 
+from pseudo_label import repeat_items  # benchmarks/ is this script's directory, first on sys.path
+
 from raysemi.config import PseudoConfig, load_config
 from raysemi.pipelines.common import plan_data
 from raysemi.pipelines.pseudo import teacher_checkpoints
-from raysemi.pseudo import run_pass
+from raysemi.pseudo.driver import run_pass
 from raysemi.rundir import RunDir
 
 
@@ -69,11 +74,13 @@ def main() -> None:
     ap.add_argument("--data-root")
     ap.add_argument("--nodes", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--images", type=int, default=0, help="rows to label (default: the unlabeled images once)")
     args = ap.parse_args()
 
     run = RunDir(args.run)
     cfg = load_config(run.path("config.yaml"), [], args.data_root)
     items = plan_data(cfg, run, write=False).unlabeled
+    items = repeat_items(items, args.images) if args.images else items
     checkpoints = teacher_checkpoints(run)
     tmp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths live under RAY_TMPDIR
     os.environ["RAY_TMPDIR"] = tmp  # the cluster's address stays private to this process
@@ -84,7 +91,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nPseudo-label pass, {len(items)} CamVid images, teachers of {args.run}, one 1-CPU actor per "
+    print(f"\nPseudo-label pass, {len(items)} CamVid rows, teachers of {args.run}, one 1-CPU actor per "
           f"worker node, batch {args.batch} (nodes share this machine's cores)")
     print(f"{'worker nodes':>12} {'nodes used':>10} {'seconds':>8} {'images/s':>9} {'speed-up':>9} {'cores busy':>10}")
     base = len(items) / results[args.nodes[0]][0]

@@ -1,110 +1,154 @@
-"""The pseudo-label pass over CamVid's unlabeled images with the two teachers of a run, three ways:
+"""The pseudo-label pass against its physical limit here, the models' forward alone, at scale.
 
-1. a plain single-process PyTorch loop (same models, batch, threads, the same labeling function,
-   one Parquet file written with pyarrow): images per second;
-2. the Ray Data pass with one actor holding all threads (the like-for-like comparison), end to end,
-   actor start-up included;
-3. the Ray Data pass with one actor per core (how it runs by default);
+    .venv/bin/python benchmarks/pseudo_label.py --run RUN [--images 3000] [--data-root DIR] [--batch 8]
+                                                [--cpus 2]
 
-and the storage of the table (label + rank as Parquet) against one palettized PNG per label image
-(what ST++ stores), in bytes per image.
+RUN is any run whose teachers finished (`make demo`, or a study run). The unlabeled images of RUN's
+split are repeated, under distinct ids, to --images rows. In one process, on one local Ray of --cpus CPUs:
 
-    make demo   # or any run whose teachers finished
-    .venv/bin/python benchmarks/pseudo_label.py --run runs/demo [--data-root DIR] [--batch 8]
+1. the forward limit: the pair's forward (`evaluate.predict` of each model, eval mode, no grad) on
+   preloaded, decoded, resized and normalised batches of --batch, with torch threads = --cpus; and T1's
+   alone. Nothing of the pass (decode, argmax, ranks, Parquet) is in it;
+2. the Ray Data pass as `raysemi rwms` runs it (default actors: pseudo.actors x pseudo.cpus_per_actor,
+   pseudo.decode_tasks decoders), on all the rows and on a tenth of them: its steady-state rate is
+   (N - N/10) / (T_N - T_N/10), so Ray Data's planning, the actors' start and the models' load cancel;
+3. the same for a one-model pass (T1), against T1's forward;
+4. the pair's table written with each Parquet compression: bytes and milliseconds per row on one thread
+   (how `pseudo.PARQUET_ARGS` was chosen).
+
+Run nothing else meanwhile: the ratios are of CPU time this machine shares.
 """
 from __future__ import annotations
 
 import argparse
 import io
-import os
 import tempfile
 import time
+from dataclasses import replace
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
 from raysemi.config import PseudoConfig, RayConfig, load_config
+from raysemi.data.datasets import load_image_at
+from raysemi.data.items import Item
+from raysemi.data.transforms import normalize
+from raysemi.evaluate import predict
 from raysemi.pipelines.common import plan_data
 from raysemi.pipelines.pseudo import teacher_checkpoints
-from raysemi.pseudo import PARQUET_ARGS, label_images, results_table, load_for_labeling, read_pseudo_table, run_pass, table_schema
+from raysemi.pseudo.driver import run_pass
+from raysemi.pseudo.table import decode, read_pseudo_table, table_uri
 from raysemi.rundir import RunDir
 from raysemi.train.checkpoint import load_model
 
+CODECS = (("none", None), ("snappy", None), ("zstd", 1), ("zstd", 3), ("zstd", 9), ("zstd", 19))
 
-def plain_loop(checkpoints, items, image_size, num_classes, batch, threads, out_file) -> float:
-    """Seconds to label `items` in this process and write one Parquet file, like an actor does."""
+
+def repeat_items(items: list[Item], n: int) -> list[Item]:
+    """n rows cycling over `items`, each id made unique by its round ("r3/seq/frame")."""
+    return [replace(items[k % len(items)], id=f"r{k // len(items)}/{items[k % len(items)].id}") for k in range(n)]
+
+
+def forward_rate(checkpoints: list[str], items: list[Item], image_size, batch: int, threads: int,
+                 seconds: float = 20.0) -> float:
+    """Images per second of the models' forward alone on preloaded batches (at least `seconds` of it)."""
     torch.set_num_threads(threads)
-    t0 = time.time()
-    models = [load_model(path)[0] for _, path in checkpoints]
-    schema = table_schema(False)
-    with pq.ParquetWriter(out_file, schema, **PARQUET_ARGS) as writer:
-        for start in range(0, len(items), batch):
-            chunk = items[start:start + batch]
-            images = [load_for_labeling(it.image, image_size) for it in chunk]
-            with torch.no_grad():
-                out = label_images(models, images, num_classes)
-            writer.write_table(results_table([it.id for it in chunk], out, "t1+t2", schema))
-    return time.time() - t0
+    models = [load_model(path)[0].eval() for path in checkpoints]
+    batches = [torch.stack([normalize(load_image_at(it.image, image_size)) for it in items[s:s + batch]])
+               for s in range(0, min(len(items), 16 * batch), batch)]
+    for m in models:  # warm-up: the first calls allocate
+        predict(m, batches[0])
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for x in batches:
+            for m in models:
+                predict(m, x)
+            done += len(x)
+    return done / (time.perf_counter() - t0)
 
 
-def png_bytes(label: np.ndarray) -> int:
-    im = Image.fromarray(label, mode="P")
-    im.putpalette([0] * 768)
+def pass_seconds(bench: RunDir, name: str, checkpoints, items, pc: PseudoConfig, ray_cfg: RayConfig) -> float:
+    t0 = time.perf_counter()
+    rec = run_pass(bench, name, checkpoints, items, pc, force=True, ray_config=ray_cfg)
+    seconds = time.perf_counter() - t0
+    assert rec["rows"] == len(items), rec
+    return seconds
+
+
+def steady_rate(bench: RunDir, name: str, checkpoints, items, pc: PseudoConfig, ray_cfg: RayConfig) -> tuple[float, float]:
+    """(steady-state images/s, end-to-end images/s) of the pass over `items`."""
+    small = items[:max(1, len(items) // 10)]
+    t_small = pass_seconds(bench, f"{name}-small", checkpoints, small, pc, ray_cfg)
+    t_all = pass_seconds(bench, name, checkpoints, items, pc, ray_cfg)
+    return (len(items) - len(small)) / max(t_all - t_small, 1e-9), len(items) / t_all
+
+
+def png_bytes(label) -> int:
+    image = Image.fromarray(label, mode="P")
+    image.putpalette([0] * 768)
     buf = io.BytesIO()
-    im.save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return len(buf.getvalue())
 
 
-def table_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files if f.endswith(".parquet"))
+def compression_rows(uri: str) -> list[tuple[str, float, float]]:
+    """(codec, bytes per row, write ms per row, best of 3 on one thread) of a table rewritten whole, and
+    a palettized PNG of each label map alone (what ST++ stores) for scale."""
+    table = read_pseudo_table(uri)
+    t0 = time.perf_counter()
+    pngs = sum(png_bytes(decode(row)["label"]) for row in table.select(["id", "height", "width", "label"]).to_pylist())
+    out = [("PNG label maps only (ST++)", pngs / table.num_rows, 1000 * (time.perf_counter() - t0) / table.num_rows)]
+    for codec, level in CODECS:
+        best = float("inf")
+        for _ in range(3):
+            buf = io.BytesIO()
+            t0 = time.perf_counter()
+            pq.write_table(table, buf, compression=codec, compression_level=level)
+            best = min(best, time.perf_counter() - t0)
+        out.append((f"{codec}{'' if level is None else f' {level}'}", len(buf.getvalue()) / table.num_rows,
+                    1000 * best / table.num_rows))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a run directory whose teachers finished (e.g. runs/demo)")
     ap.add_argument("--data-root")
+    ap.add_argument("--images", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cpus", type=int, default=2, help="the local Ray's CPUs and the forward's threads")
     args = ap.parse_args()
 
     src = RunDir(args.run)
     cfg = load_config(src.path("config.yaml"), [], args.data_root)
     checkpoints = teacher_checkpoints(src)
     bench = RunDir(tempfile.mkdtemp(prefix="raysemi-bench-pseudo-"))
-    plan = plan_data(cfg, bench)  # the same split as the run's (same fraction and seed)
-    items = plan.unlabeled
+    items = repeat_items(plan_data(cfg, bench).unlabeled, args.images)
     _, bundle = load_model(checkpoints[0][1])
-    size, classes = bundle.get("image_size"), bundle["num_classes"]
-    print(f"{len(items)} unlabeled CamVid images at {size}, teachers {[c for c, _ in checkpoints]} of {args.run}, "
-          f"batch {args.batch}, {args.threads} threads")
+    size = bundle.get("image_size")
+    pc = replace(cfg.pseudo, batch_size=args.batch)
+    ray_cfg = RayConfig(num_cpus=args.cpus)
+    print(f"{len(items)} rows (CamVid's unlabeled images of {args.run}, repeated) at {size}, batch {args.batch}, "
+          f"{args.cpus} CPUs; pass: {pc.actors} actor(s) x {pc.cpus_per_actor:g} CPU, {pc.decode_tasks} decode tasks",
+          flush=True)
 
-    results = []
-    seconds = plain_loop(checkpoints, items, size, classes, args.batch, args.threads, str(bench.path("plain.parquet")))
-    results.append(("plain PyTorch loop, 1 process", seconds))
-    ray_cfg = RayConfig(num_cpus=args.threads)
-    for name, actors in (("one", 1), ("per_core", args.threads)):
-        pc = PseudoConfig(batch_size=args.batch, actors=actors, cpus_per_actor=args.threads / actors)
-        t0 = time.time()
-        run_pass(bench, name, checkpoints, items, pc, force=True, ray_config=ray_cfg)
-        label = f"Ray Data pass, {actors} actor(s) x {args.threads // actors} thread(s), end to end"
-        results.append((label, time.time() - t0))
+    rows = []
+    for label, models in (("pair (T1 + T2)", checkpoints), ("one model (T1)", checkpoints[:1])):
+        limit = forward_rate([path for _, path in models], items, size, args.batch, args.cpus)
+        print(f"{label}: forward limit {limit:.2f} images/s", flush=True)
+        steady, end_to_end = steady_rate(bench, "pair" if len(models) == 2 else "one", models, items, pc, ray_cfg)
+        print(f"{label}: pass {steady:.2f} images/s steady, {end_to_end:.2f} end to end", flush=True)
+        rows.append((label, limit, steady, end_to_end))
 
-    base = len(items) / results[0][1]
-    print("\n| runner | wall (s) | images/s | ratio to plain |\n|---|---|---|---|")
-    for label, seconds in results:
-        rate = len(items) / seconds
-        print(f"| {label} | {seconds:.1f} | {rate:.2f} | {rate / base:.2f} |")
+    print(f"\n| pass over {len(items)} images | forward limit (images/s) | pass, steady state | fraction of the limit "
+          "| pass, end to end |\n|---|---|---|---|---|")
+    for label, limit, steady, end_to_end in rows:
+        print(f"| {label} | {limit:.2f} | {steady:.2f} | {steady / limit:.2f} | {end_to_end:.2f} |")
 
-    table = read_pseudo_table(str(bench.path("pseudo", "one")), columns=["id", "height", "width", "label"])
-    pngs = sum(png_bytes(np.frombuffer(b, np.uint8).reshape(h, w)) for b, h, w in
-               zip(table.column("label").to_pylist(), table.column("height").to_pylist(), table.column("width").to_pylist()))
-    parquet = table_bytes(str(bench.path("pseudo", "one")))
-    n = table.num_rows
-    print("\n| storage | bytes per image | ratio to PNG labels |\n|---|---|---|")
-    print(f"| palettized PNG, label only (ST++) | {pngs / n:.0f} | 1.00 |")
-    print(f"| Parquet table: label + rank + reliability + id | {parquet / n:.0f} | {parquet / pngs:.2f} |")
+    print("\n| Parquet compression (the pair's table) | bytes per row | write ms per row |\n|---|---|---|")
+    for codec, size_per_row, ms in compression_rows(table_uri(bench, "pair-small")):
+        print(f"| {codec} | {size_per_row:.0f} | {ms:.2f} |")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from finished_run import load_teachers, open_run
+
 from raysemi.data.datasets import dataset_info, list_items, load_image, load_mask, resize_pair
+from raysemi.data.splits import read_split_file
 from raysemi.data.transforms import normalize, resize_nearest
 from raysemi.evaluate import predict
-from raysemi.data.splits import read_split_file
 from raysemi.methods.metrics import confusion_matrix, mean_iou
-from raysemi.pseudo import iter_pseudo_rows
+from raysemi.pseudo.table import iter_pseudo_rows
 
 
 def miou(cm: np.ndarray) -> float:

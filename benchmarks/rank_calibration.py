@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import yaml
-
 from finished_run import load_teachers, open_run
-from raysemi.data.datasets import IGNORE_INDEX, dataset_info, list_items, load_mask
+
+from raysemi.data.datasets import IGNORE_INDEX, dataset_info, list_items, load_image_at, load_mask
 from raysemi.data.splits import read_split_file
 from raysemi.data.transforms import resize_nearest
 from raysemi.methods.reliability import rank_weights
-from raysemi.pseudo import label_images, load_for_labeling
+from raysemi.pseudo.workers import label_images
 
 MAX_RANK = 6  # ranks above are pooled: they hold well under 1% of the pixels
 
@@ -27,7 +27,7 @@ def rank_counts(t1, t2, items, info, image_size) -> tuple[np.ndarray, np.ndarray
     pixels, correct = np.zeros(MAX_RANK + 1), np.zeros(MAX_RANK + 1)
     for start in range(0, len(items), 16):
         chunk = items[start : start + 16]
-        images = [load_for_labeling(it.image, image_size) for it in chunk]
+        images = [load_image_at(it.image, image_size) for it in chunk]
         with torch.no_grad():
             results = label_images([t1, t2], images, info.num_classes)
         for it, res in zip(chunk, results):

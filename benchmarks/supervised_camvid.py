@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from raysemi.config import load_config
 from raysemi.pipelines.common import plan_data, train_stage
+from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
-from raysemi.train.ray_fit import init_ray
 
 FRACTIONS = {"1/8": "1/8", "full": "1"}
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from raysemi.config import load_config
 from raysemi.pipelines.tune import run_tune
+from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
 from raysemi.sweep_space import AshaConfig, ParamSpec, SweepSpace
-from raysemi.train.ray_fit import init_ray
 
 
 def main() -> None:

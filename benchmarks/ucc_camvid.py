@@ -27,8 +27,8 @@ import torch
 from raysemi.config import load_config
 from raysemi.pipelines.common import plan_data, results_table, train_stage
 from raysemi.pipelines.ucc import run_ucc
+from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
-from raysemi.train.ray_fit import init_ray
 
 CONFIG = "experiments/camvid/ucc.yaml"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from raysemi.config import ConfigError, dump_yaml, load_config
-from raysemi.data.datasets import DataError
+from raysemi.data.items import DataError
 
 
 def _common(p: argparse.ArgumentParser, run_required: bool = True) -> None:

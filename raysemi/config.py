@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
+from raysemi.data.splits import parse_fraction
+
 
 class ConfigError(ValueError):
     pass
@@ -41,7 +43,6 @@ class DatasetConfig:
     loader_workers: int = 0  # DataLoader processes per Train worker
 
     def validate(self) -> None:
-        from raysemi.data.splits import parse_fraction
 
         try:
             fraction = parse_fraction(self.labeled_fraction)
@@ -156,6 +157,7 @@ class PseudoConfig:
     actors: int = 2  # size of the actor pool; each actor loads the model(s) once
     cpus_per_actor: float = 1.0  # CPUs reserved per actor (also its torch threads)
     gpus_per_actor: float = 0.0  # GPUs per actor on a cluster (fractions allowed); 0 on CPU
+    decode_tasks: int = 2  # Ray Data tasks decoding images ahead of the actors, at most this many at once
     rho: float = 0.5  # the most reliable fraction of the unlabeled images (U1)
     a: float = 1.0  # weight of rank 1
     b: float = 1.0  # decay of the weight per rank
@@ -163,7 +165,7 @@ class PseudoConfig:
     skip_bad: bool = False  # list undecodable images in <name>-rejects.txt and go on, instead of failing
 
     def validate(self) -> None:
-        for key in ("batch_size", "actors"):
+        for key in ("batch_size", "actors", "decode_tasks"):
             if getattr(self, key) < 1:
                 _bad(f"pseudo.{key}", getattr(self, key), ">= 1")
         if self.cpus_per_actor <= 0:

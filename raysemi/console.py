@@ -19,6 +19,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from raysemi import storage
+
 RAY_LOGS_ENV = "RAYSEMI_RAY_LOGS"
 # terminal escape sequences: Ray's coloured "(RayTrainWorker pid=...)" prefixes, progress bars' cursor moves
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
@@ -80,7 +82,6 @@ def copy_to_run(run, command: str):
     """Tee stdout and stderr into RUN/logs/<command>-<UTC time>.log while the block runs: the lines
     Ray forwards from its workers too (it writes them to sys.stdout and sys.stderr as they are then).
     A run on S3/GCS gets the file when the block ends."""
-    from raysemi import storage
 
     name = f"{command}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"
     scratch = None if run.is_local else tempfile.mkdtemp(prefix="raysemi-log-")

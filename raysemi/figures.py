@@ -98,7 +98,7 @@ def weight_heatmaps(rows: list[dict], images: list[np.ndarray], a: float, b: flo
     """One row per image: the image | its pseudo label in palette colours | the pixel weights
     w = a * exp(-b (x - 1)) of its agreement ranks x as a heat map with a colour bar.
 
-    `rows` are decoded table rows (`raysemi.pseudo.decode`: "label" and "rank" H x W uint8 arrays;
+    `rows` are decoded table rows (`raysemi.pseudo.table.decode`: "label" and "rank" H x W uint8 arrays;
     "id" and "reliability" go into the row's title); `images` are the matching H x W x 3 uint8 images
     at the maps' resolution. `palette` is a list of RGB triples (default: matplotlib's tab20).
     Writes a PNG; returns its path."""

@@ -8,15 +8,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from raysemi import storage
 from raysemi.config import Config, ConfigError
-from raysemi.data.datasets import IMAGE_SUFFIXES, DataError, SegmentationDataset, dataset_info, list_items, load_image
+from raysemi.data.datasets import IMAGE_SUFFIXES, SegmentationDataset, dataset_info, list_items, load_image
+from raysemi.data.items import DataError
 from raysemi.data.splits import read_split_file
 from raysemi.data.transforms import normalize
 from raysemi.evaluate import evaluate, predict
 from raysemi.figures import colorize
 from raysemi.methods.metrics import format_iou_table, iou_per_class, mean_iou
 from raysemi.pipelines.common import resolve_data_root
-from raysemi import storage
 from raysemi.train.checkpoint import load_model
 
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysemi.config import load_config
-from raysemi.pseudo import decode
+from raysemi.pseudo.table import decode
 from raysemi.rundir import RunDir
 
 LABELER_ACTOR = "MapWorker(MapBatches(Labeler))"  # Ray Data's name of a pool actor running the Labeler
@@ -60,7 +60,7 @@ def start_cluster():
 
 def file_ids(uri: str) -> list[list[str]]:
     """The ids of a table, file by file, in file-name order."""
-    from raysemi.pseudo import table_dataset
+    from raysemi.pseudo.table import table_dataset
 
     fragments = sorted(table_dataset(uri).get_fragments(), key=lambda f: f.path)
     return [f.to_table(columns=["id"])["id"].to_pylist() for f in fragments]
@@ -72,6 +72,7 @@ def rows(uri: str) -> list[dict]:
 
 def test_rwms_on_two_nodes_places_the_teachers_apart_and_equals_one_node(synthetic_root, tmp_path, ray_tmpdir):
     import ray
+
     from raysemi.pipelines.rwms import run_rwms
 
     cfg = rwms_config(tmp_path, synthetic_root)
@@ -116,6 +117,7 @@ def test_a_killed_training_worker_is_restarted_and_resumes_from_its_checkpoint(s
     with train.max_failures 1, Ray Train starts a new worker (on either node), which resumes from
     that checkpoint: the stage finishes, every epoch is evaluated exactly once in metrics.csv."""
     import ray
+
     from raysemi.pipelines.common import plan_data, train_stage
 
     cfg = rwms_config(tmp_path, synthetic_root, epochs=10, max_failures=1)

@@ -17,7 +17,7 @@ from raysemi.data.splits import read_split_file, write_split_file
 from raysemi.evaluate import evaluate
 from raysemi.methods.metrics import mean_iou
 from raysemi.pipelines.common import plan_data, train_oracle
-from raysemi.pseudo import table_meta
+from raysemi.pseudo.table import table_meta
 from raysemi.rundir import RunDir
 from raysemi.train.checkpoint import load_model
 

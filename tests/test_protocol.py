@@ -3,7 +3,6 @@ alone with the selected model's per-class IoU, the Oracle's table of true masks,
 Plain processes and real files (CamVid by path, 64x64 synthetic data); no Ray."""
 import csv
 import os
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,12 +10,14 @@ import torch
 from torch import nn
 
 from raysemi.config import ConfigError, load_config
-from raysemi.data.datasets import DataError, SegmentationDataset, folder_info, list_items, load_mask
+from raysemi.data.datasets import SegmentationDataset, folder_info, list_items, load_mask
+from raysemi.data.items import DataError
 from raysemi.data.pseudo_stream import PseudoStream
 from raysemi.data.splits import write_split_file
 from raysemi.evaluate import evaluate
 from raysemi.pipelines.common import make_job, plan_data, results_table
-from raysemi.pseudo import read_pseudo_table, decode, table_meta, write_truth_table
+from raysemi.pseudo.table import decode, read_pseudo_table, table_meta
+from raysemi.pseudo.truth import write_truth_table
 from raysemi.rundir import RunDir
 from raysemi.train.loop import rank_generator, run_plain
 
@@ -103,7 +104,7 @@ def test_evaluation_scores_at_the_masks_native_size(tmp_path):
     (tmp_path / "m.png").write_bytes(b"")
     Image.fromarray(mask).save(tmp_path / "m.png")
     Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(tmp_path / "i.png")
-    from raysemi.data.datasets import Item
+    from raysemi.data.items import Item
 
     items = [Item("i", str(tmp_path / "i.png"), str(tmp_path / "m.png"))]
     native = SegmentationDataset(items, folder_info(2), (4, 6), native_masks=True)
@@ -172,7 +173,7 @@ def test_truth_table_holds_the_true_masks_and_streams_with_weight_one(synthetic_
     for sample in stream:
         labeled = sample["mask"] != 255
         assert torch.equal(sample["weight"], labeled.float()) and labeled.any()
-    from raysemi.data.datasets import Item
+    from raysemi.data.items import Item
 
     with pytest.raises(DataError, match="the oracle trains on the unlabeled images' true masks, but .* has none"):
         write_truth_table(run, "truth", [Item("x", items[0].image, None)], info, [32, 32])

@@ -10,8 +10,10 @@ import pytest
 
 from raysemi.cli import main
 from raysemi.config import ConfigError, load_config
-from raysemi.data.datasets import DataError, Item
-from raysemi.pseudo import (
+from raysemi.data.items import DataError, Item
+from raysemi.pseudo.driver import user_error
+from raysemi.pseudo.split import split_by_reliability
+from raysemi.pseudo.table import (
     FORMAT,
     META_FILE,
     IncompleteTableError,
@@ -20,10 +22,9 @@ from raysemi.pseudo import (
     iter_pseudo_batches,
     iter_pseudo_rows,
     read_pseudo_table,
-    split_by_reliability,
     table_schema,
-    user_error,
 )
+from raysemi.pseudo.workers import decode_images
 
 
 def test_config_defaults_and_errors_name_the_key(tmp_path):
@@ -116,6 +117,48 @@ def test_split_by_reliability_by_hand(tmp_path):
         split_by_reliability(one_model, items, str(root), 0.5, str(tmp_path / "splits"))
 
 
+def decode_job(tmp_path, image_size=None, skip_bad=False) -> dict:
+    return {"name": "t", "models": [], "image_size": image_size, "num_classes": 3, "threads": 1, "use_gpu": False,
+            "write_weights": False, "a": 1.0, "b": 1.0, "skip_bad": skip_bad, "decode_tasks": 1,
+            "rejects_dir": str(tmp_path / "rejects"), "errors_dir": str(tmp_path / "errors")}
+
+
+def test_decode_task_decodes_resizes_and_drops_or_raises_on_a_bad_image(tmp_path):
+    """The Ray Data task ahead of the labeling actors, called as Ray Data calls it (a numpy batch)."""
+    from PIL import Image
+
+    from raysemi.pseudo.workers import read_rejects
+
+    a, b = rng_image(tmp_path / "a.png", (20, 30)), rng_image(tmp_path / "b.png", (10, 12))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    batch = {"id": np.array(["a", "bad", "b"], dtype=object), "image": np.array([a, str(bad), b], dtype=object),
+             "ranks_file": np.array(["f1", "f2", "f3"], dtype=object)}
+
+    out = decode_images(batch, decode_job(tmp_path, skip_bad=True))  # native sizes: one object per row
+    assert list(out["id"]) == ["a", "b"] and list(out["ranks_file"]) == ["f1", "f3"]
+    assert out["pixels"].dtype == object and [p.shape for p in out["pixels"]] == [(20, 30, 3), (10, 12, 3)]
+    np.testing.assert_array_equal(out["pixels"][0], np.asarray(Image.open(a)))
+    assert [p for p, _ in read_rejects(str(tmp_path / "rejects"))] == [str(bad)]
+
+    out = decode_images(batch, decode_job(tmp_path, image_size=[8, 16], skip_bad=True))  # one size: stacked
+    assert out["pixels"].dtype == np.uint8 and out["pixels"].shape == (2, 8, 16, 3)
+
+    with pytest.raises(DataError, match="cannot read image"):
+        decode_images(batch, decode_job(tmp_path))
+    assert [p for p, _ in read_rejects(str(tmp_path / "errors"))] == [str(bad)]
+
+    none_left = decode_images({k: v[1:2] for k, v in batch.items()}, decode_job(tmp_path, skip_bad=True))
+    assert len(none_left["id"]) == 0 and len(none_left["pixels"]) == 0
+
+
+def rng_image(path, size) -> str:
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(len(str(path))).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
 def test_user_error_is_found_behind_wrappers():
     class Wrapper(Exception):
         def __init__(self, cause):
@@ -134,7 +177,7 @@ def test_user_error_is_found_behind_wrappers():
     assert user_error(RuntimeError("other")) is None
     # Ray Data's UserCodeException keeps only the worker's traceback text
     text = ("ray::MapWorker(MapBatches(Labeler)).submit()\n  File \"x.py\", line 1\n"
-            "raysemi.data.datasets.DataError: cannot read image /y/bad.png: cannot identify image file\n\n"
+            "raysemi.data.items.DataError: cannot read image /y/bad.png: cannot identify image file\n\n"
             "The above exception was the direct cause of the following exception:\n")
     assert str(user_error(RuntimeError(text))) == "cannot read image /y/bad.png: cannot identify image file"
 
@@ -153,17 +196,18 @@ def test_command_needs_finished_teachers(tmp_path, synthetic_root, capsys):
 
 
 def test_leftovers_of_a_killed_pass_are_never_the_table_and_are_cleaned(tmp_path):
-    from raysemi.pseudo import _commit, _remove_table, is_complete
+    from raysemi.pseudo.commit import commit_table, remove_table
+    from raysemi.pseudo.table import is_complete
 
     final = tmp_path / "pseudo" / "teachers"
     leftover = write_table(tmp_path / "pseudo" / ".teachers.tmp-dead", [row("a", np.zeros((1, 1), np.uint8))])
     assert not is_complete(str(final))  # a finished temporary directory is not the table until renamed
-    _remove_table(str(final))
+    remove_table(str(final))
     assert not (tmp_path / "pseudo" / ".teachers.tmp-dead").exists()
     # commit over an existing table replaces it whole
     old = write_table(final, [row("old", np.zeros((1, 1), np.uint8))] * 2)
     new = write_table(tmp_path / "pseudo" / ".teachers.tmp-new", [row("new", np.ones((1, 1), np.uint8))])
-    _commit(new, old)
+    commit_table(new, old)
     assert read_pseudo_table(str(final)).column("id").to_pylist() == ["new"]
     assert sorted(p.name for p in (tmp_path / "pseudo").iterdir()) == ["teachers"]
     assert leftover

@@ -16,13 +16,14 @@ from PIL import Image
 
 from raysemi.cli import main
 from raysemi.config import PseudoConfig, load_config
-from raysemi.data.datasets import DataError, Item
+from raysemi.data.items import DataError, Item
 from raysemi.data.synthetic import make_synthetic
 from raysemi.data.transforms import normalize
 from raysemi.models import build_model
 from raysemi.pipelines.common import plan_data
 from raysemi.pipelines.pseudo import run_pseudo
-from raysemi.pseudo import IncompleteTableError, decode, read_pseudo_table, run_pass, table_uri
+from raysemi.pseudo.driver import run_pass
+from raysemi.pseudo.table import IncompleteTableError, decode, read_pseudo_table, table_uri
 from raysemi.rundir import RunDir
 from raysemi.train.checkpoint import load_model, make_bundle, save_torch
 
@@ -225,3 +226,25 @@ def test_one_model_pass_keeps_the_pairs_ranks(ray_local, tmp_path, data_root):
     stranger = Item("nope", str(data_root / "train" / "images" / "small_0.png"), None)
     with pytest.raises(DataError, match="no row for 1 of the images to label, e.g. 'nope'"):
         run_pass(run, "s1", [("t2", ckpt2)], [stranger], PseudoConfig(), ranks_from=pair["table"])
+
+
+def test_pass_runs_when_its_actors_hold_every_cpu(ray_local, tmp_path, data_root):
+    """Images are decoded by Ray Data tasks ahead of the actors, and the table written by tasks after
+    them, all reserving no CPU: a pool that takes every CPU (a laptop's default, one actor per core)
+    still gets its images, where a 1-CPU decoder would wait for CPUs the actors never free."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray.util.state import list_tasks
+
+    run, ckpt1, ckpt2 = teachers_run(tmp_path, data_root)
+    items = plan_data(load_config(config_file(tmp_path, data_root)), run).unlabeled
+    cpus = int(ray_local.cluster_resources()["CPU"])
+    pc = PseudoConfig(actors=cpus, cpus_per_actor=1, batch_size=2)
+    with ThreadPoolExecutor(1) as pool:  # a deadlock fails the test instead of hanging the suite
+        rec = pool.submit(run_pass, run, "all", [("t1", ckpt1), ("t2", ckpt2)], items, pc).result(timeout=240)
+    assert rec["rows"] == len(items) == 8
+    for it in items[:2]:
+        y1, rank, _ = reference(ckpt1, ckpt2, it.image)
+        np.testing.assert_array_equal(rows_by_id(rec["table"])[it.id]["label"], y1)
+    names = {t.name for t in list_tasks(limit=10000)}
+    assert any("decode_images" in name for name in names), sorted(names)

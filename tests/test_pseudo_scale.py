@@ -40,7 +40,7 @@ DRIVER = textwrap.dedent("""
 
     from raysemi.config import PseudoConfig
     from raysemi.data.datasets import Item
-    from raysemi.pseudo import run_pass
+    from raysemi.pseudo.driver import run_pass
     from raysemi.rundir import RunDir
 
     root, run_dir, ckpt = sys.argv[1:4]

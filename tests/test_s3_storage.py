@@ -18,9 +18,10 @@ from raysemi.data.synthetic import make_synthetic
 from raysemi.models import build_model
 from raysemi.pipelines.common import plan_data
 from raysemi.pipelines.pseudo import run_pseudo
-from raysemi.pseudo import read_pseudo_table
+from raysemi.pseudo.table import read_pseudo_table
 from raysemi.rundir import RunDir
 from raysemi.train.checkpoint import load_model, make_bundle, save_torch
+
 
 @pytest.fixture(scope="module")
 def ray_s3(s3_bucket):
@@ -108,7 +109,7 @@ def test_training_checkpoints_and_resume_through_an_s3_run_directory(ray_s3, syn
     there; the same stage started again (as after a crash before the manifest said done) resumes
     from the checkpoint on S3 instead of training from scratch."""
     from raysemi.pipelines.common import train_stage
-    from raysemi.train.ray_fit import init_ray
+    from raysemi.ray_start import init_ray
 
     run = RunDir(uri(ray_s3, "runs", "train"))
     cfg = load_config(None, ["data.dataset=folder", "data.num_classes=3", "data.labeled_fraction=1/3",

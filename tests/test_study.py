@@ -170,15 +170,13 @@ def test_plan_names_seeds_and_overrides(tmp_path):
 
 def test_a_failed_run_leaves_the_others_and_exits_1(tmp_path, monkeypatch, capsys):
     """Without Ray: the pipeline call is replaced; seed 1's run fails, seed 0's finished run is written."""
-    import raysemi.train.ray_fit as ray_fit
-
     def fake_run(run):
         if run.seed == 1:
             raise RuntimeError("worker died\nmore")
         RunDir(run.run).write_text("manifest.json", json.dumps(
             {"stages": {"ucc": {"status": "done", "val_miou": 0.3, "best_epoch": 2, "holdout_miou": None}}}))
 
-    monkeypatch.setattr(ray_fit, "init_ray", lambda rc: None)
+    monkeypatch.setattr(study, "init_ray", lambda rc: None)
     monkeypatch.setattr(study, "run_one", fake_run)
     root = tmp_path / "s"
     argv = ["study", "--config", SMOKE_UCC, "--method", "ucc", "--seeds", "0,1", "--run", str(root)]

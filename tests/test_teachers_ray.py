@@ -97,7 +97,7 @@ def test_eval_and_predict_commands(teachers_run, camvid_root, tmp_path, capsys):
 def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
     """`raysemi pseudo-label` with the smoke config on the run the smoke teachers trained."""
     from raysemi.pipelines.pseudo import run_pseudo
-    from raysemi.pseudo import iter_pseudo_rows, read_pseudo_table, table_uri
+    from raysemi.pseudo.table import iter_pseudo_rows, read_pseudo_table, table_uri
 
     _, run, _ = teachers_run
     cfg = load_config(REPO / "experiments/smoke/pseudo.yaml", FAST, str(camvid_root))
@@ -121,7 +121,7 @@ def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_ro
     """`raysemi rwms` with the smoke config on the run that holds the smoke teachers and pass: they are
     reused; SIGKILL during S1 after its first checkpoint; the same command resumes S1 from it and
     runs every later stage; a third run skips every stage."""
-    from raysemi.pseudo import read_pseudo_table, table_meta
+    from raysemi.pseudo.table import read_pseudo_table, table_meta
 
     _, run, _ = teachers_run
     cmd = RAYSEMI + ["rwms", "--config", str(REPO / "experiments/smoke/rwms.yaml"), "--run", run.root,
@@ -182,6 +182,7 @@ def test_sweep_reuses_the_teachers_and_asha_stops_the_diverging_trials(teachers_
     report every student is still near a one-class guess, hence grace_period 2. The teachers and
     their pass are not trained again; no reservation is left behind; a rerun answers from the results."""
     import ray
+
     from raysemi.pipelines.pseudo import run_pseudo
     from raysemi.pipelines.tune import run_tune
     from raysemi.sweep_space import load_space

@@ -66,7 +66,7 @@ def _pseudo_table(path, items, label_of):
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from raysemi.pseudo import FORMAT, META_FILE, encode_map, table_schema
+    from raysemi.pseudo.table import FORMAT, META_FILE, encode_map, table_schema
 
     rows = []
     for it in items:

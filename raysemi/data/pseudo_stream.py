@@ -32,16 +32,11 @@ import numpy as np
 import pyarrow.dataset as pads
 import torch
 
-from raysemi.data.datasets import IGNORE_INDEX, DataError
+from raysemi.data.datasets import IGNORE_INDEX, load_image_at
+from raysemi.data.items import DataError
 from raysemi.data.transforms import StrongPhotometricRWMS, WeakAugment, normalize
 from raysemi.methods.reliability import rank_weights
-from raysemi.pseudo import (
-    decode,
-    iter_pseudo_batches,
-    load_for_labeling,
-    table_dataset,
-    table_meta,
-)
+from raysemi.pseudo.table import decode, iter_pseudo_batches, table_dataset, table_meta
 
 READ_COLUMNS = ["id", "height", "width", "label", "rank"]
 
@@ -193,7 +188,7 @@ class PseudoStream(torch.utils.data.IterableDataset):
     def _sample(self, s: int, row: dict) -> dict:
         uri, id_ = self.sources[s]["uri"], row["id"]
         path = self.images[id_]
-        image = load_for_labeling(path, self.image_sizes[s])
+        image = load_image_at(path, self.image_sizes[s])
         if image.shape[:2] != (row["height"], row["width"]):
             raise DataError(f"image {path} of id {id_!r} loads as {image.shape[0]}x{image.shape[1]}, but its "
                             f"pseudo label in {uri} is {row['height']}x{row['width']}")

@@ -7,7 +7,7 @@ import random
 from fractions import Fraction
 
 from raysemi import storage
-from raysemi.data.datasets import DataError, Item, item_id
+from raysemi.data.items import DataError, Item, item_id
 
 
 def _resolve(token: str, root: str, path: str, lineno: int) -> str:

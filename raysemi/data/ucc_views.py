@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raysemi.data.datasets import IGNORE_INDEX, DatasetInfo, Item, SegmentationDataset
+from raysemi.data.datasets import IGNORE_INDEX, DatasetInfo, SegmentationDataset
+from raysemi.data.items import Item
 from raysemi.data.transforms import StrongPoolUCC, WeakAugment, normalize
 
 

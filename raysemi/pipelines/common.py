@@ -1,16 +1,20 @@
 """Pieces every pipeline shares: where the data is, which images are labeled, one training stage."""
 from __future__ import annotations
 
-
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from raysemi import storage
 from raysemi.config import Config, ConfigError, ModelConfig
-from raysemi.data.datasets import DataError, DatasetInfo, Item, dataset_info, list_items
+from raysemi.data.datasets import DatasetInfo, dataset_info, list_items
+from raysemi.data.items import DataError, Item
 from raysemi.data.splits import make_split, parse_fraction, read_split_file, write_split_file
 from raysemi.methods.metrics import percent
-from raysemi import storage
+from raysemi.pseudo.table import table_meta
+from raysemi.pseudo.truth import write_truth_table
 from raysemi.rundir import RunDir, fingerprint, now
+from raysemi.train.loop import TrainJob
+from raysemi.train.ray_fit import fit
 
 # The shared CamVid copy beside the repository (../shared/datasets/camvid from the repo root).
 DEFAULT_CAMVID = ("../shared/datasets/camvid", str(Path(__file__).resolve().parents[3] / "shared/datasets/camvid"))
@@ -143,7 +147,6 @@ def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_ite
              pseudo: dict | None = None, ucc: dict | None = None):
     """The TrainJob of one training stage (a student's when `pseudo` is given, UCC's with `ucc`), checked for
     usable batch sizes."""
-    from raysemi.train.loop import TrainJob
 
     tc, dc = cfg.train, cfg.data
     if len(train_items) < tc.batch_size * tc.num_workers:
@@ -181,7 +184,6 @@ def train_oracle(run: RunDir, cfg: Config, model: ModelConfig, plan: DataPlan, b
     """The Oracle stage: `model` trained as a student is, on the labeled images plus U with U's TRUE masks
     in place of pseudo labels (weight 1 on every labeled pixel), the caller's batch composition, lam and
     augmentation, the same schedule. The most any pseudo labels on U can buy at this budget."""
-    from raysemi.pseudo import write_truth_table
 
     truth = write_truth_table(run, "truth", plan.unlabeled, plan.info, cfg.data.image_size)
     return train_stage(run, "oracle", cfg, model, plan.labeled, plan,
@@ -207,8 +209,6 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
     """Train one model as a Ray Train run; skip it if it finished with the same inputs. With `pseudo`
     (see TrainJob.pseudo) it is a student: its inputs include the contents of the tables it reads.
     With `ucc` (see TrainJob.ucc) it is a UCC run on the labeled and unlabeled images."""
-    from raysemi.pseudo import table_meta
-    from raysemi.train.ray_fit import fit
 
     job = make_job(run, stage, cfg, model, train_items, plan, pseudo, ucc)
     train_inputs = {k: v for k, v in job.train.items() if k not in NOT_INPUTS}

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import time
 
-from raysemi.config import Config, ConfigError
-from raysemi.figures import figure_paths
-from raysemi.data.splits import read_split_file
-from raysemi.pipelines.common import plan_data, write_splits
-from raysemi.pseudo import run_pass, split_by_reliability, table_meta, table_uri
 from raysemi import storage
+from raysemi.config import Config, ConfigError
+from raysemi.data.datasets import load_image_at
+from raysemi.data.splits import read_split_file
+from raysemi.figures import figure_paths, reliability_histogram, weight_heatmaps
+from raysemi.methods.reliability import reliability_split
+from raysemi.pipelines.common import plan_data, write_splits
+from raysemi.pseudo.driver import run_pass
+from raysemi.pseudo.split import split_by_reliability
+from raysemi.pseudo.table import decode, read_pseudo_table, table_meta, table_uri
 from raysemi.rundir import RunDir
 
 PASS = "teachers"  # the table RUN/pseudo/teachers/, the manifest stage pseudo_teachers
@@ -95,9 +99,6 @@ def write_figures(run: RunDir, uri: str, items, rho: float, a: float, b: float, 
     reliability columns, then only the chosen rows (a filter on id), and loads their images like the
     pass did, at the table's resolution. Returns {name: path}; {} when the table is empty."""
     import numpy as np
-    from raysemi.figures import reliability_histogram, weight_heatmaps
-    from raysemi.methods.reliability import reliability_split
-    from raysemi.pseudo import decode, load_for_labeling, read_pseudo_table
 
     t0 = time.time()
     table = read_pseudo_table(uri, columns=["id", "reliability"])
@@ -118,7 +119,7 @@ def write_figures(run: RunDir, uri: str, items, rho: float, a: float, b: float, 
     rows = [found[i] for i in chosen]
     image_size = table_meta(uri)["image_size"]
     by_id = {it.id: it for it in items}
-    images = [load_for_labeling(by_id[i].image, image_size) for i in chosen]
+    images = [load_image_at(by_id[i].image, image_size) for i in chosen]
     weight_heatmaps(rows, images, a, b, paths["weight_maps"], palette=palette)
     print(f"[{STAGE}] figures written in {time.time() - t0:.1f}s: {run.path('figures')}", flush=True)
     return paths

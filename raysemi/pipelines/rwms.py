@@ -13,15 +13,22 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 
 from raysemi.config import Config, ModelConfig
-from raysemi.data.datasets import Item
+from raysemi.data.items import Item
 from raysemi.data.splits import read_split_file
-from raysemi.pipelines.common import (DataPlan, check_items, plan_data, results_table, stream_spec, train_oracle,
-                                      train_stage)
+from raysemi.pipelines.common import (
+    DataPlan,
+    check_items,
+    plan_data,
+    results_table,
+    stream_spec,
+    train_oracle,
+    train_stage,
+)
 from raysemi.pipelines.pseudo import run_pseudo
 from raysemi.pipelines.teachers import run_teachers
-from raysemi.pseudo import run_pass
+from raysemi.pseudo.driver import run_pass
+from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
-from raysemi.train.ray_fit import init_ray
 
 
 def student_config(cfg: Config) -> Config:

@@ -29,7 +29,12 @@ import yaml
 
 from raysemi import storage
 from raysemi.config import Config, ConfigError, dump_yaml, load_config
+from raysemi.figures import RELIABLE_COLOUR, UNRELIABLE_COLOUR, new_figure, save_png
 from raysemi.methods.metrics import percent
+from raysemi.pipelines.common import same_training
+from raysemi.pipelines.rwms import run_rwms, student_config
+from raysemi.pipelines.ucc import run_ucc
+from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
 
 METHODS = ("rwms", "ucc")
@@ -171,7 +176,6 @@ def plan_runs(root: str, configs: list[str], methods: list[str], seeds: list[int
 def cpus_per_run(run: StudyRun) -> int:
     """CPUs one run holds at its peak: its side-by-side training stages (RWMS: two lanes, the teachers
     and then S1 beside the comparisons; UCC: UCC beside each ucc.compare stage) times a stage's CPUs."""
-    from raysemi.pipelines.rwms import student_config
 
     if run.method == "rwms":
         lanes, schedules = 2, [run.cfg.train, student_config(run.cfg).train]
@@ -202,8 +206,6 @@ def resolve_parallel(value: int | str, runs: list[StudyRun]) -> tuple[int, str]:
 
 def run_one(run: StudyRun) -> None:
     """One pipeline run in its own run directory (its config.yaml written as the other commands do)."""
-    from raysemi.pipelines.rwms import run_rwms
-    from raysemi.pipelines.ucc import run_ucc
 
     rundir = RunDir(run.run)
     rundir.write_text("config.yaml", dump_yaml(run.cfg))
@@ -285,7 +287,6 @@ def collect_rows(runs: list[StudyRun]) -> tuple[list[dict], list[str]]:
 def _rwms_t1_as_suponly(run: StudyRun, runs: list[StudyRun]) -> tuple[dict, str] | None:
     """(row, note) of the T1 of an RWMS run with `run`'s seeds whose training is the SupOnly `run` would
     train (the single-head model cfg.model on the labeled images), or None."""
-    from raysemi.pipelines.common import same_training
 
     for other in runs:
         if other.method != "rwms" or (other.split_seed, other.seed) != (run.split_seed, run.seed):
@@ -420,7 +421,6 @@ def md_text(rows: list[dict], summary: list[dict], notes: list[str] = (), failed
 def study_plot(rows: list[dict], path) -> str:
     """Per (config, model): the per-seed holdout-selected values (val selected for a config without
     holdout) as dots, their mean as a horizontal line. A bare matplotlib Figure, as raysemi.figures."""
-    from raysemi.figures import RELIABLE_COLOUR, UNRELIABLE_COLOUR, new_figure, save_png
 
     summary = summarise(rows)
     fig = new_figure(max(4.0, 0.9 * len(summary) + 1.5), 3.6)
@@ -467,7 +467,6 @@ def study_args(args: argparse.Namespace, runs: list[StudyRun], parallel: int) ->
 def run_study(args: argparse.Namespace) -> int:
     """`raysemi study`: plan (every config checked before Ray starts), run, write the tables. Exit
     status 1 when a run failed (the files then hold what finished)."""
-    from raysemi.train.ray_fit import init_ray
 
     root = RunDir(args.run)
     runs = plan_runs(root.root, args.config, args.method, args.seeds, args.split_seeds, args.set, args.data_root)

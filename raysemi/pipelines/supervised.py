@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from raysemi.config import Config
 from raysemi.pipelines.common import check_items, describe_record, plan_data, train_stage
+from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
-from raysemi.train.ray_fit import init_ray
 
 
 def run_supervised(cfg: Config, run: RunDir, stage: str = "supervised") -> dict:

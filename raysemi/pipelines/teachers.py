@@ -5,8 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from raysemi.config import Config
 from raysemi.pipelines.common import check_items, plan_data, results_table, train_stage
+from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
-from raysemi.train.ray_fit import init_ray
 
 TEACHERS = ("t1", "t2")
 

@@ -23,11 +23,20 @@ import json
 import math
 import time
 
+from raysemi import storage
 from raysemi.config import Config, dump_yaml, from_dict, to_dict, with_values
+from raysemi.figures import sweep_plot
 from raysemi.pipelines.common import check_items, plan_data, train_stage
+from raysemi.pipelines.pseudo import STAGE as PASS_STAGE
+from raysemi.pipelines.pseudo import run_pseudo
+from raysemi.pipelines.rwms import student_config, train_students, u1_and_u2
+from raysemi.pipelines.teachers import run_teachers
+from raysemi.pipelines.ucc import ucc_spec
+from raysemi.pseudo.split import split_by_reliability
+from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir, fingerprint, now
 from raysemi.sweep_space import SweepSpace, param_space
-from raysemi.train.ray_fit import init_ray, reporting_to_tune, storage_args
+from raysemi.train.ray_fit import reporting_to_tune, storage_args
 
 STAGE = "tune"
 # What the trial function itself reserves: it only waits on its TorchTrainers and passes, which hold
@@ -38,7 +47,6 @@ DRIVER_CPU = 0.01
 def trial_resources(cfg: Config, space: SweepSpace) -> dict[str, float]:
     """What one trial holds at its peak: its training workers, or S1's pass actors, or (without
     reuse) two teachers at once."""
-    from raysemi.pipelines.rwms import student_config
 
     tc = student_config(cfg).train if space.method == "rwms" else cfg.train
     need = {"CPU": tc.num_workers * tc.cpus_per_worker, "GPU": tc.num_workers if tc.use_gpu else 0}
@@ -81,8 +89,6 @@ def run_tune(cfg: Config, space: SweepSpace, run: RunDir) -> list[dict]:
     check_items(plan.labeled + plan.val)
     init_ray(cfg.ray)
     if space.method == "rwms" and space.reuse:  # once, for every trial
-        from raysemi.pipelines.pseudo import run_pseudo
-        from raysemi.pipelines.teachers import run_teachers
 
         run_teachers(cfg, run)
         run_pseudo(cfg, run)
@@ -131,7 +137,6 @@ def run_tune(cfg: Config, space: SweepSpace, run: RunDir) -> list[dict]:
 
 def trial_dir(root: str, trial_id: str) -> str:
     """A trial's run directory, trials/<trial id>/ of the sweep's (a URI keeps its query string)."""
-    from raysemi import storage
 
     return storage.join(root, "trials", trial_id)
 
@@ -147,15 +152,12 @@ def run_trial(params: dict, *, base: dict, root: str, method: str, reuse: bool) 
     trial.write_text("config.yaml", dump_yaml(cfg))
     t0 = time.time()
     if method == "ucc":
-        from raysemi.pipelines.ucc import ucc_spec
 
         plan = plan_data(cfg, trial)
         with reporting_to_tune():
             final = train_stage(trial, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, ucc=ucc_spec(cfg, plan))
     else:
         if not reuse:  # what a sweep costs without reuse (benchmarks/tune_reuse.py): own teachers and pass
-            from raysemi.pipelines.pseudo import run_pseudo
-            from raysemi.pipelines.teachers import run_teachers
 
             run_teachers(cfg, trial)  # not reported: ASHA compares the trials' students
             run_pseudo(cfg, trial)
@@ -167,9 +169,6 @@ def run_trial(params: dict, *, base: dict, root: str, method: str, reuse: bool) 
 
 def _students_on_shared_pass(cfg: Config, shared: RunDir, trial: RunDir) -> dict:
     """The students of one trial on the sweep's teacher pass: the trial's own split by its rho."""
-    from raysemi.pipelines.pseudo import STAGE as PASS_STAGE
-    from raysemi.pipelines.rwms import train_students, u1_and_u2
-    from raysemi.pseudo import split_by_reliability
 
     table = shared.stage(PASS_STAGE)["table"]
     plan = plan_data(cfg, trial)
@@ -181,7 +180,6 @@ def _students_on_shared_pass(cfg: Config, shared: RunDir, trial: RunDir) -> dict
 def _rows(run: RunDir, grid, space: SweepSpace) -> list[dict]:
     """One row per trial, best first: parameters, val mIoU (a finished trial's final model; a
     stopped one's best report so far), reports, status, minutes."""
-    from raysemi import storage
 
     rows = []
     for result in grid:
@@ -209,7 +207,6 @@ def _trial_dirname(trial) -> str:
 
 
 def _write_outputs(cfg: Config, space: SweepSpace, run: RunDir, rows: list[dict]) -> dict:
-    from raysemi.figures import sweep_plot
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["trial_id"])

@@ -10,16 +10,17 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 from raysemi.config import Config
+from raysemi.data.items import DataError
+from raysemi.methods.ucc import UCCSettings
 from raysemi.pipelines.common import DataPlan, as_rows, check_items, plan_data, results_table, train_oracle, train_stage
+from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
-from raysemi.train.ray_fit import init_ray
 
 NAMES = {"suponly": "SupOnly", "ucc": "UCC", "oracle": "Oracle"}
 
 
 def ucc_spec(cfg: Config, plan: DataPlan) -> dict:
     """TrainJob.ucc: the step's settings, the unlabeled images and the unlabeled batch size."""
-    from raysemi.methods.ucc import UCCSettings
 
     uc = cfg.ucc
     settings = {f.name: getattr(uc, f.name) for f in dataclasses.fields(UCCSettings)}
@@ -32,7 +33,6 @@ def run_ucc(cfg: Config, run: RunDir) -> dict[str, dict]:
     plan = plan_data(cfg, run)
     check_items(plan.labeled + plan.val)
     if not plan.unlabeled:
-        from raysemi.data.datasets import DataError
 
         raise DataError("UCC needs unlabeled images: the split left none (data.labeled_fraction is 1?)")
     init_ray(cfg.ray)

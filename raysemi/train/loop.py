@@ -38,16 +38,20 @@ from torch.utils.data import DataLoader
 
 from raysemi import storage
 from raysemi.config import ModelConfig, TrainConfig, from_dict
+from raysemi.console import quiet_ray_train_reports
 from raysemi.data.cutmix import cutmix_batch
-from raysemi.data.datasets import Item, SegmentationDataset, dataset_info
+from raysemi.data.datasets import SegmentationDataset, dataset_info
+from raysemi.data.items import DataError, Item
+from raysemi.data.pseudo_stream import PseudoStream
 from raysemi.data.transforms import WeakAugment
+from raysemi.data.ucc_views import UnlabeledViews
 from raysemi.evaluate import evaluate
 from raysemi.methods.losses import build_criterion, weighted_cross_entropy
 from raysemi.methods.metrics import iou_per_class, mean_iou
+from raysemi.methods.ucc import UCCSettings, UCCStep
 from raysemi.models import build_model
 from raysemi.rundir import duration
-from raysemi.train.checkpoint import (BEST_FILE, STATE_FILE, cpu_state_dict, load_torch, make_bundle, save_torch,
-                                      unwrap)
+from raysemi.train.checkpoint import BEST_FILE, STATE_FILE, cpu_state_dict, load_torch, make_bundle, save_torch, unwrap
 
 
 @dataclass
@@ -207,7 +211,6 @@ def train_loop_per_worker(job_dict: dict) -> None:
     """Entry point of every Ray Train worker."""
     job = TrainJob(**job_dict)
     if not job.ray_logs:
-        from raysemi.console import quiet_ray_train_reports
 
         quiet_ray_train_reports()
     _train(job)
@@ -257,7 +260,6 @@ def _train(job: TrainJob) -> dict:
     lam = float(job.pseudo["lam"]) if job.pseudo else 0.0
     ucc, unlabeled = None, None
     if job.ucc:
-        from raysemi.methods.ucc import UCCSettings, UCCStep
 
         ucc = UCCStep(UCCSettings(**job.ucc["settings"]), job.num_classes, criterion, tc.seed, session.rank, session.world)
         unlabeled = _unlabeled_batches(job, tc, session, info)
@@ -456,7 +458,6 @@ def _restore_ucc(ucc, states, rank: int) -> None:
 def _pseudo_batches(job: TrainJob, tc: TrainConfig, session: _Session):
     """Endless batches of pseudo-labeled crops for a student; each pass over the tables has a new order.
     The loader is not persistent, so that `set_epoch` reaches its workers."""
-    from raysemi.data.pseudo_stream import PseudoStream
 
     p = job.pseudo
     stream = PseudoStream(p["sources"], p["images"], tuple(job.crop_size), tuple(job.scale), a=p["a"], b=p["b"],
@@ -479,7 +480,6 @@ def _mixed(u: dict, spec: dict, seed: int, it: int, rank: int) -> tuple:
 
 def _unlabeled_batches(job: TrainJob, tc: TrainConfig, session: _Session, info):
     """Endless batches of UCC's unlabeled views (weak, and two strong unless views is "w"), this rank's share."""
-    from raysemi.data.ucc_views import UnlabeledViews
 
     u = job.ucc
     views = UnlabeledViews(_items(u["unlabeled"]), info, tuple(job.crop_size), tuple(job.scale), _size(job.image_size),
@@ -499,7 +499,6 @@ def _unlabeled_batches(job: TrainJob, tc: TrainConfig, session: _Session, info):
 
 def _endless(loader, set_epoch, empty_error: str):
     """Batches of `loader` pass after pass, `set_epoch(n)` before pass n; DataError if a pass is empty."""
-    from raysemi.data.datasets import DataError
 
     epoch = 0
     while True:

@@ -6,22 +6,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from raysemi import storage
+from raysemi.config import TrainConfig
 from raysemi.console import ray_logs
-from raysemi.config import RayConfig, TrainConfig
 from raysemi.train.checkpoint import BEST_FILE
 from raysemi.train.loop import TrainJob, train_loop_per_worker
-
-
-def init_ray(rc: RayConfig) -> None:
-    """Start (or join) Ray once per process; tests and Tune trials may have started it already."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if rc.address:
-        ray.init(address=rc.address)
-    else:
-        ray.init(num_cpus=rc.num_cpus)
 
 
 def scaling_config(tc: TrainConfig):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from raysemi.data.camvid_download import CAMVID_URL, download_camvid, prepare_camvid
-from raysemi.data.datasets import DataError, dataset_info, list_items, load_mask
+from raysemi.data.datasets import dataset_info, list_items, load_mask
+from raysemi.data.items import DataError
 
 SPLITS = {"train": ["0001TP_006690", "0001TP_006720", "0006R0_f00930"], "val": ["0016E5_07959", "0016E5_07961"],
           "test": ["0001TP_008550"]}

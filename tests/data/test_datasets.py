@@ -8,8 +8,6 @@ from PIL import Image
 from raysemi.data.datasets import (
     DATASETS,
     IGNORE_INDEX,
-    DataError,
-    Item,
     SegmentationDataset,
     dataset_info,
     folder_info,
@@ -17,8 +15,8 @@ from raysemi.data.datasets import (
     load_image,
     load_mask,
 )
+from raysemi.data.items import DataError, Item
 from raysemi.data.transforms import WeakAugment
-
 
 # --- metadata -------------------------------------------------------------------------------
 

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from raysemi.data.datasets import DataError
+from raysemi.data.items import DataError
 from raysemi.data.pseudo_stream import PseudoStream
 from raysemi.data.transforms import normalize
-from raysemi.pseudo import FORMAT, META_FILE, encode_map, table_schema
+from raysemi.pseudo.table import FORMAT, META_FILE, encode_map, table_schema
 
 H = W = 8
 LABEL = np.tile(np.arange(W, dtype=np.uint8), (H, 1))  # label[i, j] = j: a flip shows in mask[0, 0]

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from raysemi.data.datasets import DataError, Item
+from raysemi.data.items import DataError, Item
 from raysemi.data.splits import make_split, parse_fraction, read_split_file, write_split_file
 
 

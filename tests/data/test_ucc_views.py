@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raysemi.data.datasets import Item, folder_info
+from raysemi.data.datasets import folder_info
+from raysemi.data.items import Item
 from raysemi.data.transforms import StrongPoolUCC, normalize
 from raysemi.data.ucc_views import UnlabeledViews
 
