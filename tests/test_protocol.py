@@ -19,7 +19,8 @@ from raysemi.pipelines.common import make_job, plan_data, results_table
 from raysemi.pseudo.table import decode, read_pseudo_table, table_meta
 from raysemi.pseudo.truth import write_truth_table
 from raysemi.rundir import RunDir
-from raysemi.train.loop import rank_generator, run_plain
+from raysemi.data.loaders import rank_generator
+from raysemi.train.loop import run_plain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -211,7 +212,7 @@ def _ucc_rank(rank: int, port: int, out: str) -> None:
 
     from raysemi.methods.losses import CrossEntropy
     from raysemi.methods.ucc import UCCSettings, UCCStep
-    from raysemi.train.loop import _gathered, _restore_ucc
+    from raysemi.train.loop import _gathered
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     ucc = UCCStep(UCCSettings(), 3, CrossEntropy(), seed=7, rank=rank, world=2)
@@ -221,7 +222,7 @@ def _ucc_rank(rank: int, port: int, out: str) -> None:
         torch.save(states, f"{out}/states.pt")
     dist.barrier()
     resumed = UCCStep(UCCSettings(), 3, CrossEntropy(), seed=7, rank=rank, world=2)
-    _restore_ucc(resumed, torch.load(f"{out}/states.pt", weights_only=True), rank)
+    resumed.restore(torch.load(f"{out}/states.pt", weights_only=True), rank)
     np.save(f"{out}/next{rank}.npy", np.stack([ucc.rng.random(4), resumed.rng.random(4)]))
     dist.destroy_process_group()
 

@@ -25,3 +25,8 @@ def item_id(image_path: str, root: str) -> str:
     if os.path.commonpath([image_path, root]) == root:
         image_path = os.path.relpath(image_path, root)
     return os.path.splitext(image_path)[0].replace(os.sep, "/")
+
+
+def items_from_rows(rows: list) -> list[Item]:
+    """Items from the [id, image, mask] rows that jobs carry to workers as plain data."""
+    return [Item(id=r[0], image=r[1], mask=r[2]) for r in rows]

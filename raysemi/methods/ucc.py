@@ -29,9 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from raysemi.data.copy_paste import ClassConfidence, dcscp_batch
 from raysemi.data.datasets import IGNORE_INDEX
+from raysemi.data.items import items_from_rows
+from raysemi.data.loaders import endless, rank_generator
+from raysemi.data.ucc_views import UnlabeledViews
+from raysemi.methods.step import Step, StepContext
 from raysemi.methods.ugrm import cross_supervision_loss
 
 COPY_PASTE = ("none", "cp", "dcp", "cscp", "dcscp")
@@ -85,13 +90,18 @@ class UCCSettings:
         return self.lam * math.exp(-5.0 * (1.0 - progress / self.lam_warmup) ** 2)
 
 
-class UCCStep:
+class UCCStep(Step):
     """Callable: (model, labeled image, mask, unlabeled views, progress) -> (loss, L_u, stats); progress
     (iteration / total) only matters with a lam warm-up.
 
     Holds DCSCP's class confidence and its random generator: both go into checkpoints
     (`state_dict`), so a resumed run pastes as the uninterrupted one would.
+
+    In a training job (`from_context`) the spec is TrainJob.spec from pipelines.ucc.ucc_spec:
+    {"settings": UCCSettings as a dict, "unlabeled": [[id, image, None]], "batch_size", "strong_max_ops"}.
     """
+
+    state_key = "ucc"  # the checkpoint's key for every rank's state
 
     def __init__(self, settings: UCCSettings, num_classes: int, criterion: nn.Module, seed: int = 0,
                  rank: int = 0, world: int = 1):
@@ -104,9 +114,50 @@ class UCCStep:
         self.dynamic = settings.copy_paste in ("dcp", "dcscp")
         self.cross_set = settings.copy_paste in ("cscp", "dcscp")
 
-    def __call__(self, model: nn.Module, image: Tensor, mask: Tensor, u: dict[str, Tensor], progress: float = 1.0
-                 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    @classmethod
+    def from_context(cls, ctx: StepContext) -> UCCStep:
+        step = cls(UCCSettings(**ctx.spec["settings"]), ctx.num_classes, ctx.criterion, ctx.seed, ctx.rank, ctx.world)
+        step.ctx = ctx
+        return step
+
+    def describe(self) -> str:
         s = self.s
+        return (f"; UCC with {self.ctx.spec['batch_size']} unlabeled images per batch, views {s.views}, copy-paste "
+                f"{s.copy_paste}, UGRM {s.ugrm_reading if s.ugrm else 'off'}, lam {s.lam:g}"
+                + (f" (warm-up over the first {s.lam_warmup:.0%})" if s.lam_warmup else ""))
+
+    def batches(self):
+        """Endless batches of the unlabeled views (weak, and two strong unless views is "w"), this rank's share."""
+        ctx, u = self.ctx, self.ctx.spec
+        views = UnlabeledViews(items_from_rows(u["unlabeled"]), ctx.info, ctx.crop_size, ctx.scale, ctx.image_size,
+                               strong_views=self.s.views != "w", strong_max_ops=u["strong_max_ops"])
+        loader = DataLoader(views, batch_size=u["batch_size"], shuffle=True, drop_last=True,
+                            num_workers=ctx.loader_workers, persistent_workers=ctx.loader_workers > 0,
+                            generator=rank_generator(ctx.seed, ctx.rank, 3))
+        loader = ctx.prepare_loader(loader)
+        sampler = getattr(loader, "sampler", None)
+        return endless(loader, getattr(sampler, "set_epoch", lambda epoch: None),
+                       f"{ctx.stage}: {len(views)} unlabeled images give no full batch of {u['batch_size']} "
+                       f"per worker ({ctx.world} worker(s))")
+
+    def log_text(self, loss_u, stats: dict) -> str:
+        kept = (f", UGRM keeps {100 * float(stats['used_1']):.0f}/{100 * float(stats['used_2']):.0f}% of pixels"
+                if stats and self.s.ugrm else "")
+        return f" (L_u {loss_u.item():.4f}{kept})"
+
+    def restore(self, states, rank: int) -> None:
+        """Each rank resumes its own copy-paste stream; the class confidence is the same on every rank. A
+        rank that the checkpoint did not have (more workers now) keeps its fresh stream."""
+        states = states if isinstance(states, list) else [states]
+        if rank < len(states):
+            self.load_state_dict(states[rank])
+        else:
+            self.confidence.load_state_dict(states[0]["confidence"])
+
+    def __call__(self, model: nn.Module, image: Tensor, mask: Tensor, u: dict[str, Tensor], progress: float = 1.0,
+                 it: int = 0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        s = self.s
+        u = {k: v.to(image.device, non_blocking=True) for k, v in u.items() if torch.is_tensor(v)}
         if s.views == "ws":
             with torch.no_grad(), dropout_off(model):
                 weak1, weak2 = model(u["weak"])

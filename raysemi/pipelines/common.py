@@ -165,7 +165,8 @@ def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_ite
                     holdout_items=as_rows(plan.holdout),
                     out_dir=run.local_dir(stage), log_to=None if run.is_local else run.path(stage),
                     crop_size=dc.crop_size, scale=dc.scale, image_size=dc.image_size, loader_workers=dc.loader_workers,
-                    pseudo=pseudo, ucc=ucc)
+                    method="rwms_student" if pseudo is not None else "ucc" if ucc is not None else "supervised",
+                    spec=pseudo if pseudo is not None else ucc)
 
 
 def stream_spec(sources: list[tuple[str, list[Item]]], batch_size: int, lam: float, reweight: bool, strong: bool,

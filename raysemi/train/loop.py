@@ -1,7 +1,8 @@
-"""The supervised training loop, run by every Ray Train worker (or in a plain process).
+"""The training loop, run by every Ray Train worker (or in a plain process).
 
-One loop for every supervised stage, the RWMS students and UCC:
-SGD with momentum, head LR x10, poly decay, cross-entropy with ignore (OHEM optional), DDP and
+One loop for every method: the method is a step object (raysemi/methods/step.py) named by
+`TrainJob.method`, which gives the loss of one batch and brings its own data; the loop knows no
+method. For all of them: SGD with momentum, head LR x10, poly decay, cross-entropy with ignore (OHEM optional), DDP and
 SyncBN through Ray Train, AMP on GPU, evaluation every N epochs on val and the holdout images (at the
 masks' native size unless train.eval_at is "input"), the best model kept by val mIoU alone (the
 holdout is scored, never used to choose), checkpoints through `ray.train.report` and resume from the
@@ -12,13 +13,8 @@ expects); everything random after it is drawn per rank, from (seed, rank): numpy
 each DataLoader's generator, whose draws seed the loader's worker processes, so loader worker i of
 rank 0 and of rank 1 augment differently.
 
-A student job (`TrainJob.pseudo`) adds pseudo-labeled images streamed from Parquet tables to every
-batch: one forward pass over the labeled and pseudo-labeled crops together (as ST++ does), loss
-`L_s + lam * L_u` with L_u the pixel-weighted cross-entropy of RWMS Eq. 5. Iterations and epochs
-count labeled batches, so a student sees its labeled images as often as SupOnly does.
-
-A UCC job (`TrainJob.ucc`) trains the cross-head model: each labeled batch comes with a batch of
-unlabeled views and raysemi.methods.ucc.UCCStep gives the loss; its DCSCP state is checkpointed.
+Iterations and epochs count labeled batches, whatever the method adds to them, so every method
+sees its labeled images as often as SupOnly does.
 """
 from __future__ import annotations
 
@@ -39,16 +35,15 @@ from torch.utils.data import DataLoader
 from raysemi import storage
 from raysemi.config import ModelConfig, TrainConfig, from_dict
 from raysemi.console import quiet_ray_train_reports
-from raysemi.data.cutmix import cutmix_batch
 from raysemi.data.datasets import SegmentationDataset, dataset_info
-from raysemi.data.items import DataError, Item
-from raysemi.data.pseudo_stream import PseudoStream
+from raysemi.data.items import items_from_rows
+from raysemi.data.loaders import rank_generator, rank_seed
 from raysemi.data.transforms import WeakAugment
-from raysemi.data.ucc_views import UnlabeledViews
 from raysemi.evaluate import evaluate
-from raysemi.methods.losses import build_criterion, weighted_cross_entropy
+from raysemi.methods.losses import build_criterion
 from raysemi.methods.metrics import iou_per_class, mean_iou
-from raysemi.methods.ucc import UCCSettings, UCCStep
+from raysemi.methods.registry import build_step
+from raysemi.methods.step import StepContext
 from raysemi.models import build_model
 from raysemi.rundir import duration
 from raysemi.train.checkpoint import BEST_FILE, STATE_FILE, cpu_state_dict, load_torch, make_bundle, save_torch, unwrap
@@ -73,11 +68,8 @@ class TrainJob:
     loader_workers: int = 0
     backend: str = "ray"  # "ray" under TorchTrainer, "plain" for a single local process
     log_to: str | None = None  # a run directory's URI: rank 0 copies out_dir's logs there at each evaluation
-    # students: {"sources": [{"uri", "ids"}], "images": {id: path}, "a", "b", "reweight", "strong", "lam",
-    # "batch_size"} (see raysemi.data.pseudo_stream.PseudoStream)
-    pseudo: dict | None = None
-    # UCC: {"settings": UCCSettings as a dict, "unlabeled": [[id, image, None]], "batch_size", "strong_max_ops"}
-    ucc: dict | None = None
+    method: str = "supervised"  # a key of raysemi.methods.registry.STEPS
+    spec: dict | None = None  # the method's settings and data, as its step reads them (see its module)
     ray_logs: bool = False  # Ray Train's per-report lines on the console (raysemi --verbose)
 
 
@@ -92,10 +84,6 @@ def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.SGD:
         {"params": list(m.head_parameters()), "lr": tc.lr * tc.head_lr_mult, "base_lr": tc.lr * tc.head_lr_mult},
     ]
     return torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-
-
-def _items(rows: list) -> list[Item]:
-    return [Item(id=r[0], image=r[1], mask=r[2]) for r in rows]
 
 
 class _Session:
@@ -120,6 +108,14 @@ class _Session:
 
             return ray.train.torch.get_device()
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        """Under Ray Train, the loader with a DistributedSampler (each rank its share); else as it is."""
+        if self.ray:
+            import ray.train.torch
+
+            return ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+        return loader
 
     def restore(self) -> tuple[dict, dict] | None:
         if self.ray:
@@ -229,7 +225,7 @@ def _train(job: TrainJob) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(tc.cpus_per_worker)
     torch.manual_seed(tc.seed)  # identical init on every rank
-    np.random.seed(_rank_seed(tc.seed, session.rank, 0))
+    np.random.seed(rank_seed(tc.seed, session.rank, 0))
 
     info = dataset_info(job.dataset, job.num_classes)
     model = build_model(mc.arch, mc.backbone, job.num_classes, mc.output_stride, mc.pretrained, head_width=mc.head_width)
@@ -246,23 +242,19 @@ def _train(job: TrainJob) -> dict:
     criterion = build_criterion(tc.loss, **({"thresh": tc.ohem_thresh, "min_kept": tc.ohem_min_kept} if tc.loss == "ohem" else {}))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    train_ds = SegmentationDataset(_items(job.train_items), info, _size(job.image_size),
+    train_ds = SegmentationDataset(items_from_rows(job.train_items), info, _size(job.image_size),
                                    WeakAugment(tuple(job.crop_size), tuple(job.scale)))
     loader = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=True, drop_last=True,
                         num_workers=job.loader_workers, persistent_workers=job.loader_workers > 0,
                         generator=rank_generator(tc.seed, session.rank, 1))
-    if session.ray:
-        import ray.train.torch
-
-        loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+    loader = session.prepare_loader(loader)
     eval_sets = _eval_sets(job, tc, info, session.rank, session.world)
-    pseudo = _pseudo_batches(job, tc, session) if job.pseudo else None
-    lam = float(job.pseudo["lam"]) if job.pseudo else 0.0
-    ucc, unlabeled = None, None
-    if job.ucc:
-
-        ucc = UCCStep(UCCSettings(**job.ucc["settings"]), job.num_classes, criterion, tc.seed, session.rank, session.world)
-        unlabeled = _unlabeled_batches(job, tc, session, info)
+    step = build_step(job.method, StepContext(
+        stage=job.stage, spec=job.spec, criterion=criterion, num_classes=job.num_classes, info=info,
+        crop_size=tuple(job.crop_size), scale=tuple(job.scale), image_size=_size(job.image_size),
+        loader_workers=job.loader_workers, seed=tc.seed, rank=session.rank, world=session.world,
+        prepare_loader=session.prepare_loader))
+    extras = step.batches()
 
     iters_per_epoch = len(loader)
     epochs = math.ceil(tc.iterations / iters_per_epoch) if tc.iterations else tc.epochs
@@ -277,17 +269,13 @@ def _train(job: TrainJob) -> dict:
         scaler.load_state_dict(state["scaler"])
         start_epoch, best = state["epoch"], state["best"]
         best_state = best_bundle["state_dict"]
-        if ucc is not None:
-            _restore_ucc(ucc, state["ucc"], session.rank)
+        if step.state_key:
+            step.restore(state[step.state_key], session.rank)
     log = _Log(job, session.rank == 0, start_epoch * iters_per_epoch)
     if restored:
         log.say(f"resumed from the checkpoint of epoch {start_epoch} (best val mIoU {100 * best['val_miou']:.2f})")
     log.say(f"{len(train_ds)} training images, {iters_per_epoch} iterations/epoch, {epochs} epochs, "
-            f"{session.world} worker(s) on {device.type}"
-            + (f"; {job.pseudo['batch_size']} pseudo-labeled images per batch, lam {lam:g}" if pseudo else "")
-            + (f", CutMix p {job.pseudo['cutmix']:g}" if pseudo and job.pseudo.get("cutmix") else "")
-            + (f"; UCC with {job.ucc['batch_size']} unlabeled images per batch, {_describe(job.ucc['settings'])}"
-               if ucc else ""))
+            f"{session.world} worker(s) on {device.type}{step.describe()}")
 
     loop_started = time.time()
     t0, done_iters, step_times = time.time(), 0, []
@@ -302,21 +290,10 @@ def _train(job: TrainJob) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], it, total, tc.poly_power)
             image, mask = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
-            extra = next(unlabeled) if ucc is not None else next(pseudo) if pseudo is not None else None
+            extra = next(extras) if extras is not None else None
             trained_ids += batch["id"] + (extra["id"] if extra else [])
-            loss_u, stats = None, {}
             with torch.autocast(device.type, enabled=use_amp):
-                if ucc is not None:
-                    u = {k: v.to(device, non_blocking=True) for k, v in extra.items() if torch.is_tensor(v)}
-                    loss, loss_u, stats = ucc(model, image, mask, u, it / total)
-                elif pseudo is None:
-                    loss = criterion(model(image), mask)
-                else:
-                    u_image, u_mask, u_weight = _mixed(extra, job.pseudo, tc.seed, it, session.rank)
-                    logits = model(torch.cat([image, u_image.to(device, non_blocking=True)]))
-                    n = image.shape[0]
-                    loss_u = weighted_cross_entropy(logits[n:], u_mask.to(device), u_weight.to(device))
-                    loss = criterion(logits[:n], mask) + lam * loss_u
+                loss, loss_u, stats = step(model, image, mask, extra, progress=it / total, it=it)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -327,10 +304,7 @@ def _train(job: TrainJob) -> dict:
             if (it + 1) % tc.log_every == 0 or it + 1 == total:
                 per_it = (time.time() - t0) / done_iters
                 lr = optimizer.param_groups[0]["lr"]
-                unsup = "" if loss_u is None else f" (L_u {loss_u.item():.4f}" + (
-                    f", UGRM keeps {100 * float(stats['used_1']):.0f}/{100 * float(stats['used_2']):.0f}% of pixels"
-                    if stats and job.ucc["settings"]["ugrm"] else "") + ")"
-                log.say(f"epoch {epoch + 1}/{epochs} it {it + 1}/{total} loss {loss.item():.4f}{unsup} "
+                log.say(f"epoch {epoch + 1}/{epochs} it {it + 1}/{total} loss {loss.item():.4f}{step.log_text(loss_u, stats)} "
                         f"lr {lr:.2e} {per_it:.2f}s/it ETA {duration(per_it * (total - it - 1))}")
                 log.row(epoch=epoch + 1, iteration=it + 1, loss=f"{loss.item():.5f}", lr=f"{lr:.6g}", val_miou="",
                         loss_u="" if loss_u is None else f"{loss_u.item():.5f}")
@@ -358,14 +332,14 @@ def _train(job: TrainJob) -> dict:
                    "loop_started": loop_started, "reported": time.time(), "node": session.node,
                    # steady state: the first iterations warm up allocators and caches
                    "median_step_s": float(np.median(step_times[5:] or step_times or [0.0]))}
-        ucc_states = _gathered(ucc.state_dict(), session.world) if ucc else None  # every rank's own stream
+        step_states = _gathered(step.state_dict(), session.world) if step.state_key else None  # every rank's own
         with tempfile.TemporaryDirectory() as tmp:
             ckpt_dir = None
             if session.rank == 0:
                 ckpt_dir = tmp
                 save_torch({"model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
                             "scaler": scaler.state_dict(), "epoch": epoch + 1, "best": best,
-                            **({"ucc": ucc_states} if ucc else {})},
+                            **({step.state_key: step_states} if step.state_key else {})},
                            Path(tmp) / STATE_FILE)
                 meta = {"num_classes": job.num_classes, "dataset": job.dataset, "class_names": list(info.class_names),
                         "palette": [list(c) for c in info.palette], "image_size": job.image_size,
@@ -382,7 +356,7 @@ def _eval_sets(job: TrainJob, tc: TrainConfig, info, rank: int, world: int) -> d
     """val and, when the run holds images out, holdout: this rank's share of each, the masks at their
     native size unless train.eval_at is "input"."""
     rows = {"val": job.val_items, **({"holdout": job.holdout_items} if job.holdout_items else {})}
-    return {name: SegmentationDataset(_items(items[rank::world]), info, _size(job.image_size),
+    return {name: SegmentationDataset(items_from_rows(items[rank::world]), info, _size(job.image_size),
                                       native_masks=tc.eval_at == "native") for name, items in rows.items()}
 
 
@@ -415,18 +389,6 @@ def _describe_scores(scores: dict) -> str:
     return text if scores.get("holdout_miou") is None else f"{text}, holdout {100 * scores['holdout_miou']:.2f}"
 
 
-def _rank_seed(seed: int, rank: int, stream: int) -> int:
-    """A 32-bit seed of its own for each (seed, rank, stream): seed 1 on rank 0 is not seed 0 on rank 1."""
-    return int(np.random.SeedSequence([seed, rank, stream]).generate_state(1)[0])
-
-
-def rank_generator(seed: int, rank: int, stream: int) -> torch.Generator:
-    """A DataLoader's generator: it orders the samples (one worker) and seeds the loader's worker
-    processes (their torch, numpy and random state), so each rank and stream augments differently.
-    Without one, every rank drew the same seeds from the same torch.manual_seed(seed)."""
-    return torch.Generator().manual_seed(_rank_seed(seed, rank, stream))
-
-
 def _gathered(obj, world: int) -> list:
     """[rank 0's obj, rank 1's, ...] on every rank (a collective: every rank calls it)."""
     if world == 1:
@@ -443,79 +405,6 @@ def _overlap(shards: list[list[str]]) -> int:
         for i in ids:
             counts[i] = counts.get(i, 0) + 1
     return sum(1 for c in counts.values() if c > 1)
-
-
-def _restore_ucc(ucc, states, rank: int) -> None:
-    """Each rank resumes its own copy-paste stream; the class confidence is the same on every rank. A
-    rank that the checkpoint did not have (more workers now) keeps its fresh stream."""
-    states = states if isinstance(states, list) else [states]
-    if rank < len(states):
-        ucc.load_state_dict(states[rank])
-    else:
-        ucc.confidence.load_state_dict(states[0]["confidence"])
-
-
-def _pseudo_batches(job: TrainJob, tc: TrainConfig, session: _Session):
-    """Endless batches of pseudo-labeled crops for a student; each pass over the tables has a new order.
-    The loader is not persistent, so that `set_epoch` reaches its workers."""
-
-    p = job.pseudo
-    stream = PseudoStream(p["sources"], p["images"], tuple(job.crop_size), tuple(job.scale), a=p["a"], b=p["b"],
-                          reweight=p["reweight"], strong=p["strong"], seed=tc.seed, rank=session.rank,
-                          world=session.world)
-    loader = DataLoader(stream, batch_size=p["batch_size"], drop_last=True, num_workers=job.loader_workers,
-                        generator=rank_generator(tc.seed, session.rank, 2))
-    return _endless(loader, stream.set_epoch, f"{job.stage}: the pseudo-labeled images give no full batch of "
-                    f"{p['batch_size']} per worker ({len(stream)} images, {session.world} worker(s))")
-
-
-def _mixed(u: dict, spec: dict, seed: int, it: int, rank: int) -> tuple:
-    """A student's pseudo-labeled batch, CutMixed when the job asks for it; the draws depend on
-    (seed, iteration, rank) only, so a resumed run mixes as the uninterrupted one would."""
-    p = spec.get("cutmix", 0.0)
-    if not p:
-        return u["image"], u["mask"], u["weight"]
-    return cutmix_batch(u["image"], u["mask"], u["weight"], p, np.random.default_rng([seed, it, rank]))
-
-
-def _unlabeled_batches(job: TrainJob, tc: TrainConfig, session: _Session, info):
-    """Endless batches of UCC's unlabeled views (weak, and two strong unless views is "w"), this rank's share."""
-
-    u = job.ucc
-    views = UnlabeledViews(_items(u["unlabeled"]), info, tuple(job.crop_size), tuple(job.scale), _size(job.image_size),
-                           strong_views=u["settings"]["views"] != "w", strong_max_ops=u["strong_max_ops"])
-    loader = DataLoader(views, batch_size=u["batch_size"], shuffle=True, drop_last=True,
-                        num_workers=job.loader_workers, persistent_workers=job.loader_workers > 0,
-                        generator=rank_generator(tc.seed, session.rank, 3))
-    if session.ray:
-        import ray.train.torch
-
-        loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
-    sampler = getattr(loader, "sampler", None)
-    return _endless(loader, getattr(sampler, "set_epoch", lambda epoch: None),
-                    f"{job.stage}: {len(views)} unlabeled images give no full batch of {u['batch_size']} "
-                    f"per worker ({session.world} worker(s))")
-
-
-def _endless(loader, set_epoch, empty_error: str):
-    """Batches of `loader` pass after pass, `set_epoch(n)` before pass n; DataError if a pass is empty."""
-
-    epoch = 0
-    while True:
-        set_epoch(epoch)
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise DataError(empty_error)
-        epoch += 1
-
-
-def _describe(settings: dict) -> str:
-    return (f"views {settings['views']}, copy-paste {settings['copy_paste']}, "
-            f"UGRM {settings['ugrm_reading'] if settings['ugrm'] else 'off'}, lam {settings['lam']:g}"
-            + (f" (warm-up over the first {settings['lam_warmup']:.0%})" if settings.get("lam_warmup") else ""))
 
 
 def _size(size: list[int] | None) -> tuple[int, int] | None:

@@ -8,7 +8,8 @@ import torch
 from raysemi.config import Config
 from raysemi.data.cutmix import AREA, RATIO, cutmix_batch, cutmix_box
 from raysemi.pipelines.rwms import pseudo_spec
-from raysemi.train.loop import _mixed
+from raysemi.methods.rwms_student import StudentStep
+from raysemi.methods.step import StepContext
 
 
 class ScriptedRng:
@@ -98,12 +99,20 @@ def test_probability_and_reproducibility():
         cutmix_batch(image, mask, weight, 1.5, np.random.default_rng(0))
 
 
-def test_student_batches_mix_only_when_asked_and_by_seed_and_iteration():
+def student(spec: dict, seed: int = 0, rank: int = 0) -> StudentStep:
+    return StudentStep(StepContext(stage="s1", spec={"lam": 1.0, **spec}, criterion=None, num_classes=3, info=None,
+                                   crop_size=(8, 8), scale=(1.0, 1.0), image_size=None, loader_workers=0,
+                                   seed=seed, rank=rank, world=2))
+
+
+def test_student_batches_mix_only_when_asked_and_by_seed_iteration_and_rank():
     image, mask, weight = batch()
     u = {"image": image, "mask": mask, "weight": weight}
-    assert _mixed(u, {"lam": 1.0}, 0, 5, 0)[1] is mask
-    a, b, c = (_mixed(u, {"cutmix": 1.0}, 0, it, 0)[1] for it in (5, 5, 6))
+    assert student({}).mixed(u, 5)[1] is mask
+    a, b, c = (student({"cutmix": 1.0}).mixed(u, it)[1] for it in (5, 5, 6))
     assert torch.equal(a, b) and not torch.equal(a, mask) and not torch.equal(a, c)
+    assert not torch.equal(a, student({"cutmix": 1.0}, rank=1).mixed(u, 5)[1])
+    assert not torch.equal(a, student({"cutmix": 1.0}, seed=1).mixed(u, 5)[1])
 
 
 def test_cutmix_belongs_to_the_strong_augmentation():

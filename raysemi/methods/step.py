@@ -1,0 +1,63 @@
+"""What the training loop knows of a method: a step object.
+
+A step is built from a `StepContext` (the stage, its data settings, the method's spec, the criterion,
+seed, rank and world size) and gives the loop:
+
+  describe()            what the start line adds ("; 8 pseudo-labeled images per batch, lam 1")
+  batches()             the method's own endless batches beside the labeled ones (None: none)
+  step(model, image, mask, extra, progress=, it=) -> (loss, L_u or None, stats)
+                        the whole step's loss on one labeled batch and the method's batch `extra`
+                        (on the CPU as the loader gave it: the step moves what it uses)
+  log_text(loss_u, stats)  what an iteration's progress line adds after the loss
+  state_key, state_dict(), restore(states, rank)
+                        the method's own state in checkpoints (state_key None: it has none); `states`
+                        holds every rank's state_dict, in rank order
+
+The loop does the rest (optimiser, schedule, AMP, DDP, evaluation, checkpoints) for every method alike.
+The registry (`methods/registry.py`) maps `TrainJob.method` to the class.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class StepContext:
+    stage: str
+    spec: dict | None  # the method's settings and data (TrainJob.spec), as plain data
+    criterion: nn.Module  # the supervised loss (train.loss)
+    num_classes: int
+    info: object  # the dataset's DatasetInfo
+    crop_size: tuple[int, int]
+    scale: tuple[float, float]
+    image_size: tuple[int, int] | None
+    loader_workers: int
+    seed: int
+    rank: int
+    world: int
+    # Ray Train's prepare_data_loader (a DistributedSampler per rank) or, in a plain process, the identity
+    prepare_loader: Callable = lambda loader: loader
+
+
+class Step:
+    """The defaults of a step: no extra batches, nothing more to log, no state of its own."""
+
+    state_key: str | None = None
+
+    def describe(self) -> str:
+        return ""
+
+    def batches(self):
+        return None
+
+    def log_text(self, loss_u, stats: dict) -> str:
+        return "" if loss_u is None else f" (L_u {loss_u.item():.4f})"
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def restore(self, states: list[dict], rank: int) -> None:
+        pass
