@@ -109,6 +109,16 @@ class _Session:
             return ray.train.torch.get_device()
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+    def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """Under Ray Train, the model in DDP (SyncBatchNorm on several GPUs); else on the device."""
+        if not self.ray:
+            return model.to(device)
+        import ray.train.torch
+
+        if device.type == "cuda" and self.world > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return ray.train.torch.prepare_model(model)
+
     def prepare_loader(self, loader: DataLoader) -> DataLoader:
         """Under Ray Train, the loader with a DistributedSampler (each rank its share); else as it is."""
         if self.ray:
@@ -217,7 +227,63 @@ def run_plain(job: TrainJob) -> dict:
     return _train(TrainJob(**{**asdict(job), "backend": "plain"}))
 
 
+@dataclass
+class _Run:
+    """What one training run is made of, built once by `_build`."""
+
+    job: TrainJob
+    tc: TrainConfig
+    mc: ModelConfig
+    session: _Session
+    device: torch.device
+    info: object
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    loader: DataLoader
+    eval_sets: dict
+    step: object  # the method's step (raysemi.methods.step)
+    extras: object  # the step's own endless batches, or None
+    epochs: int
+    total: int  # iterations, counted in labeled batches
+
+
+@dataclass
+class _Progress:
+    """What changes as it trains and what a checkpoint restores."""
+
+    start_epoch: int = 0
+    best: dict = field(default_factory=lambda: {"epoch": 0, "val_miou": -1.0})  # the model selected on val
+    best_state: dict | None = None
+    done_iters: int = 0
+    step_times: list = field(default_factory=list)
+    trained_ids: list = field(default_factory=list)  # this rank's images since the last evaluation
+    t0: float = 0.0
+    loop_started: float = 0.0
+
+
 def _train(job: TrainJob) -> dict:
+    run = _build(job)
+    progress = _restore(run)
+    log = _Log(job, run.session.rank == 0, progress.start_epoch * len(run.loader))
+    if progress.start_epoch:
+        log.say(f"resumed from the checkpoint of epoch {progress.start_epoch} "
+                f"(best val mIoU {100 * progress.best['val_miou']:.2f})")
+    log.say(f"{len(run.loader.dataset)} training images, {len(run.loader)} iterations/epoch, {run.epochs} epochs, "
+            f"{run.session.world} worker(s) on {run.device.type}{run.step.describe()}")
+    progress.loop_started = progress.t0 = time.time()
+    for epoch in range(progress.start_epoch, run.epochs):
+        _train_one_epoch(run, progress, epoch, log)
+        if (epoch + 1) % run.tc.eval_every == 0 or epoch + 1 == run.epochs:
+            _evaluate_and_checkpoint(run, progress, epoch, log)
+    log.say(f"done: selected epoch {progress.best['epoch']}, {_describe_scores(progress.best)}")
+    return run.session.last_metrics
+
+
+def _build(job: TrainJob) -> _Run:
+    """Seeds, model (Ray Train's prepare_model), optimiser, the labeled loader (prepare_data_loader),
+    evaluation sets and the method's step with its own batches, in this order (the seeds' draws)."""
     tc: TrainConfig = from_dict(TrainConfig, job.train)
     mc: ModelConfig = from_dict(ModelConfig, job.model)
     session = _Session(job)
@@ -230,24 +296,17 @@ def _train(job: TrainJob) -> dict:
     info = dataset_info(job.dataset, job.num_classes)
     model = build_model(mc.arch, mc.backbone, job.num_classes, mc.output_stride, mc.pretrained, head_width=mc.head_width)
     use_amp = tc.amp and device.type == "cuda"
-    if session.ray:
-        import ray.train.torch
-
-        if device.type == "cuda" and session.world > 1:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = ray.train.torch.prepare_model(model)
-    else:
-        model = model.to(device)
+    model = session.prepare_model(model, device)
     optimizer = build_optimizer(model, tc)
     criterion = build_criterion(tc.loss, **({"thresh": tc.ohem_thresh, "min_kept": tc.ohem_min_kept} if tc.loss == "ohem" else {}))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     train_ds = SegmentationDataset(items_from_rows(job.train_items), info, _size(job.image_size),
                                    WeakAugment(tuple(job.crop_size), tuple(job.scale)))
-    loader = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=True, drop_last=True,
-                        num_workers=job.loader_workers, persistent_workers=job.loader_workers > 0,
-                        generator=rank_generator(tc.seed, session.rank, 1))
-    loader = session.prepare_loader(loader)
+    loader = session.prepare_loader(DataLoader(train_ds, batch_size=tc.batch_size, shuffle=True, drop_last=True,
+                                               num_workers=job.loader_workers,
+                                               persistent_workers=job.loader_workers > 0,
+                                               generator=rank_generator(tc.seed, session.rank, 1)))
     eval_sets = _eval_sets(job, tc, info, session.rank, session.world)
     step = build_step(job.method, StepContext(
         stage=job.stage, spec=job.spec, criterion=criterion, num_classes=job.num_classes, info=info,
@@ -255,101 +314,103 @@ def _train(job: TrainJob) -> dict:
         loader_workers=job.loader_workers, seed=tc.seed, rank=session.rank, world=session.world,
         prepare_loader=session.prepare_loader))
     extras = step.batches()
+    epochs = math.ceil(tc.iterations / len(loader)) if tc.iterations else tc.epochs
+    return _Run(job, tc, mc, session, device, info, model, optimizer, scaler, use_amp, loader, eval_sets, step,
+                extras, epochs, epochs * len(loader))
 
-    iters_per_epoch = len(loader)
-    epochs = math.ceil(tc.iterations / iters_per_epoch) if tc.iterations else tc.epochs
-    total = epochs * iters_per_epoch
-    # the model selected on val: its epoch and scores (val and holdout, mean and per class)
-    start_epoch, best, best_state = 0, {"epoch": 0, "val_miou": -1.0}, None
-    restored = session.restore()
+
+def _restore(run: _Run) -> _Progress:
+    """The last checkpoint's model, optimiser, scaler, selected model and the step's state (Ray Train's
+    get_checkpoint), or a fresh start."""
+    progress = _Progress()
+    restored = run.session.restore()
     if restored:
         state, best_bundle = restored
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best = state["epoch"], state["best"]
-        best_state = best_bundle["state_dict"]
-        if step.state_key:
-            step.restore(state[step.state_key], session.rank)
-    log = _Log(job, session.rank == 0, start_epoch * iters_per_epoch)
-    if restored:
-        log.say(f"resumed from the checkpoint of epoch {start_epoch} (best val mIoU {100 * best['val_miou']:.2f})")
-    log.say(f"{len(train_ds)} training images, {iters_per_epoch} iterations/epoch, {epochs} epochs, "
-            f"{session.world} worker(s) on {device.type}{step.describe()}")
+        unwrap(run.model).load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scaler.load_state_dict(state["scaler"])
+        progress.start_epoch, progress.best = state["epoch"], state["best"]
+        progress.best_state = best_bundle["state_dict"]
+        if run.step.state_key:
+            run.step.restore(state[run.step.state_key], run.session.rank)
+    return progress
 
-    loop_started = time.time()
-    t0, done_iters, step_times = time.time(), 0, []
-    trained_ids: list[str] = []  # this rank's images since the last evaluation (labeled, pseudo-labeled, unlabeled)
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+
+def _train_one_epoch(run: _Run, progress: _Progress, epoch: int, log: _Log) -> None:
+    model, optimizer, tc, loader, step = run.model, run.optimizer, run.tc, run.loader, run.step
+    model.train()
+    if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    t_step = time.perf_counter()
+    for i, batch in enumerate(loader):
+        it = epoch * len(loader) + i
+        for group in optimizer.param_groups:
+            group["lr"] = poly_lr(group["base_lr"], it, run.total, tc.poly_power)
+        image, mask = batch["image"].to(run.device, non_blocking=True), batch["mask"].to(run.device, non_blocking=True)
+        extra = next(run.extras) if run.extras is not None else None
+        progress.trained_ids += batch["id"] + (extra["id"] if extra else [])
+        with torch.autocast(run.device.type, enabled=run.use_amp):
+            loss, loss_u, stats = step(model, image, mask, extra, progress=it / run.total, it=it)
+        optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(optimizer)
+        run.scaler.update()
+        progress.done_iters += 1
+        progress.step_times.append(time.perf_counter() - t_step)  # data loading included, as users see it
         t_step = time.perf_counter()
-        for i, batch in enumerate(loader):
-            it = epoch * iters_per_epoch + i
-            for group in optimizer.param_groups:
-                group["lr"] = poly_lr(group["base_lr"], it, total, tc.poly_power)
-            image, mask = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
-            extra = next(extras) if extras is not None else None
-            trained_ids += batch["id"] + (extra["id"] if extra else [])
-            with torch.autocast(device.type, enabled=use_amp):
-                loss, loss_u, stats = step(model, image, mask, extra, progress=it / total, it=it)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            done_iters += 1
-            step_times.append(time.perf_counter() - t_step)  # data loading included, as users see it
-            t_step = time.perf_counter()
-            if (it + 1) % tc.log_every == 0 or it + 1 == total:
-                per_it = (time.time() - t0) / done_iters
-                lr = optimizer.param_groups[0]["lr"]
-                log.say(f"epoch {epoch + 1}/{epochs} it {it + 1}/{total} loss {loss.item():.4f}{step.log_text(loss_u, stats)} "
-                        f"lr {lr:.2e} {per_it:.2f}s/it ETA {duration(per_it * (total - it - 1))}")
-                log.row(epoch=epoch + 1, iteration=it + 1, loss=f"{loss.item():.5f}", lr=f"{lr:.6g}", val_miou="",
-                        loss_u="" if loss_u is None else f"{loss_u.item():.5f}")
+        if (it + 1) % tc.log_every == 0 or it + 1 == run.total:
+            per_it = (time.time() - progress.t0) / progress.done_iters
+            lr = optimizer.param_groups[0]["lr"]
+            log.say(f"epoch {epoch + 1}/{run.epochs} it {it + 1}/{run.total} loss {loss.item():.4f}"
+                    f"{step.log_text(loss_u, stats)} lr {lr:.2e} {per_it:.2f}s/it "
+                    f"ETA {duration(per_it * (run.total - it - 1))}")
+            log.row(epoch=epoch + 1, iteration=it + 1, loss=f"{loss.item():.5f}", lr=f"{lr:.6g}", val_miou="",
+                    loss_u="" if loss_u is None else f"{loss_u.item():.5f}")
 
-        if (epoch + 1) % tc.eval_every and epoch + 1 != epochs:
-            continue
-        if session.world > 1:  # DDP syncs BatchNorm's running stats at forward time only: every rank scores rank 0's model
-            for buffer in unwrap(model).buffers():
-                torch.distributed.broadcast(buffer, 0)
-        scores = _scores(_score(model, eval_sets, job, tc, device, session.world))
-        shards = _gathered(sorted(set(trained_ids)), session.world)  # which images each rank trained on
-        trained_ids = []
-        if scores["val_miou"] > best["val_miou"]:  # selection reads val only
-            best, best_state = {"epoch": epoch + 1, **scores}, cpu_state_dict(model)
-        log.say(f"epoch {epoch + 1}/{epochs} {_describe_scores(scores)} "
-                f"(selected: epoch {best['epoch']}, {_describe_scores(best)})")
-        log.row(epoch=epoch + 1, iteration=(epoch + 1) * iters_per_epoch, loss="", loss_u="", lr="",
-                val_miou=f"{scores['val_miou']:.5f}",
-                holdout_miou="" if scores["holdout_miou"] is None else f"{scores['holdout_miou']:.5f}")
-        metrics = {"epoch": epoch + 1, "val_miou": scores["val_miou"], "holdout_miou": scores["holdout_miou"],
-                   "best_epoch": best["epoch"], "best_miou": best["val_miou"], "best_holdout_miou": best["holdout_miou"],
-                   # the selected model's per-class IoU, beside its mean
-                   "iou_per_class": best["iou_per_class"], "holdout_iou_per_class": best["holdout_iou_per_class"],
-                   "shard_sizes": [len(ids) for ids in shards], "shard_overlap": _overlap(shards),
-                   "loop_started": loop_started, "reported": time.time(), "node": session.node,
-                   # steady state: the first iterations warm up allocators and caches
-                   "median_step_s": float(np.median(step_times[5:] or step_times or [0.0]))}
-        step_states = _gathered(step.state_dict(), session.world) if step.state_key else None  # every rank's own
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt_dir = None
-            if session.rank == 0:
-                ckpt_dir = tmp
-                save_torch({"model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
-                            "scaler": scaler.state_dict(), "epoch": epoch + 1, "best": best,
-                            **({step.state_key: step_states} if step.state_key else {})},
-                           Path(tmp) / STATE_FILE)
-                meta = {"num_classes": job.num_classes, "dataset": job.dataset, "class_names": list(info.class_names),
-                        "palette": [list(c) for c in info.palette], "image_size": job.image_size,
-                        "epoch": best["epoch"], "val_miou": best["val_miou"], "holdout_miou": best["holdout_miou"],
-                        "stage": job.stage}
-                save_torch(make_bundle(best_state, asdict(mc), meta), Path(tmp) / BEST_FILE)
-            session.report(metrics, ckpt_dir)
-        log.publish()
-    log.say(f"done: selected epoch {best['epoch']}, {_describe_scores(best)}")
-    return session.last_metrics
+
+def _evaluate_and_checkpoint(run: _Run, progress: _Progress, epoch: int, log: _Log) -> None:
+    """Score val and holdout, select on val, and report a checkpoint (Ray Train's report) with the metrics."""
+    session, model, job = run.session, run.model, run.job
+    if session.world > 1:  # DDP syncs BatchNorm's running stats at forward time only: every rank scores rank 0's model
+        for buffer in unwrap(model).buffers():
+            torch.distributed.broadcast(buffer, 0)
+    scores = _scores(_score(model, run.eval_sets, job, run.tc, run.device, session.world))
+    shards = _gathered(sorted(set(progress.trained_ids)), session.world)  # which images each rank trained on
+    progress.trained_ids = []
+    best = progress.best
+    if scores["val_miou"] > best["val_miou"]:  # selection reads val only
+        best = progress.best = {"epoch": epoch + 1, **scores}
+        progress.best_state = cpu_state_dict(model)
+    log.say(f"epoch {epoch + 1}/{run.epochs} {_describe_scores(scores)} "
+            f"(selected: epoch {best['epoch']}, {_describe_scores(best)})")
+    log.row(epoch=epoch + 1, iteration=(epoch + 1) * len(run.loader), loss="", loss_u="", lr="",
+            val_miou=f"{scores['val_miou']:.5f}",
+            holdout_miou="" if scores["holdout_miou"] is None else f"{scores['holdout_miou']:.5f}")
+    metrics = {"epoch": epoch + 1, "val_miou": scores["val_miou"], "holdout_miou": scores["holdout_miou"],
+               "best_epoch": best["epoch"], "best_miou": best["val_miou"], "best_holdout_miou": best["holdout_miou"],
+               # the selected model's per-class IoU, beside its mean
+               "iou_per_class": best["iou_per_class"], "holdout_iou_per_class": best["holdout_iou_per_class"],
+               "shard_sizes": [len(ids) for ids in shards], "shard_overlap": _overlap(shards),
+               "loop_started": progress.loop_started, "reported": time.time(), "node": session.node,
+               # steady state: the first iterations warm up allocators and caches
+               "median_step_s": float(np.median(progress.step_times[5:] or progress.step_times or [0.0]))}
+    step = run.step
+    step_states = _gathered(step.state_dict(), session.world) if step.state_key else None  # every rank's own
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt_dir = None
+        if session.rank == 0:
+            ckpt_dir = tmp
+            save_torch({"model": cpu_state_dict(model), "optimizer": run.optimizer.state_dict(),
+                        "scaler": run.scaler.state_dict(), "epoch": epoch + 1, "best": best,
+                        **({step.state_key: step_states} if step.state_key else {})},
+                       Path(tmp) / STATE_FILE)
+            meta = {"num_classes": job.num_classes, "dataset": job.dataset, "class_names": list(run.info.class_names),
+                    "palette": [list(c) for c in run.info.palette], "image_size": job.image_size,
+                    "epoch": best["epoch"], "val_miou": best["val_miou"], "holdout_miou": best["holdout_miou"],
+                    "stage": job.stage}
+            save_torch(make_bundle(progress.best_state, asdict(run.mc), meta), Path(tmp) / BEST_FILE)
+        session.report(metrics, ckpt_dir)
+    log.publish()
 
 
 def _eval_sets(job: TrainJob, tc: TrainConfig, info, rank: int, world: int) -> dict[str, SegmentationDataset]:
