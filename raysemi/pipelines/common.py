@@ -171,9 +171,10 @@ def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_ite
 
 def stream_spec(sources: list[tuple[str, list[Item]]], batch_size: int, lam: float, reweight: bool, strong: bool,
                 a: float = 1.0, b: float = 1.0, cutmix: float = 0.0) -> dict:
-    """TrainJob.pseudo: the rows of tables [(table, items)] streamed beside the labeled batches, how they
-    weigh (w = a exp(-b (x - 1)) with reweight, else 1) and are augmented (CutMix belongs to the strong
-    augmentation: none without it), lam of L_s + lam L_u, and how many a batch holds."""
+    """A student's TrainJob.spec (methods/rwms_student.py): the rows of tables [(table, items)] streamed
+    beside the labeled batches, how they weigh (w = a exp(-b (x - 1)) with reweight, else 1) and are
+    augmented (CutMix belongs to the strong augmentation: none without it), lam of L_s + lam L_u, and
+    how many a batch holds."""
     mix = {"cutmix": cutmix} if strong and cutmix else {}  # absent when off: earlier runs keep their fingerprints
     return {**mix, "sources": [{"uri": uri, "ids": [it.id for it in items]} for uri, items in sources],
             "images": {it.id: it.image for _, items in sources for it in items},
@@ -206,10 +207,11 @@ def same_training(cfg_a: Config, model_a: ModelConfig, cfg_b: Config, model_b: M
 
 
 def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan,
-                pseudo: dict | None = None, ucc: dict | None = None) -> dict:
+                pseudo: dict | None = None, ucc: dict | None = None, callbacks=()) -> dict:
     """Train one model as a Ray Train run; skip it if it finished with the same inputs. With `pseudo`
-    (see TrainJob.pseudo) it is a student: its inputs include the contents of the tables it reads.
-    With `ucc` (see TrainJob.ucc) it is a UCC run on the labeled and unlabeled images."""
+    (see methods/rwms_student.py) it is a student: its inputs include the contents of the tables it
+    reads. With `ucc` (see methods/ucc.py) it is a UCC run on the labeled and unlabeled images.
+    `callbacks` (Ray Train callbacks: a Tune trial's TuneReportCallback) are not inputs."""
 
     job = make_job(run, stage, cfg, model, train_items, plan, pseudo, ucc)
     train_inputs = {k: v for k, v in job.train.items() if k not in NOT_INPUTS}
@@ -225,7 +227,7 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
                      **dict.fromkeys(SCORE_KEYS))
     best = run.path(stage, "best.pt")
     try:
-        metrics = fit(job, cfg.train, run.path("ray"), f"{stage}-{inputs}", best)
+        metrics = fit(job, cfg.train, run.path("ray"), f"{stage}-{inputs}", best, callbacks)
     except BaseException as exc:
         run.update_stage(stage, status="failed", ended=now(), error=f"{type(exc).__name__}: {exc}"[:2000])
         raise

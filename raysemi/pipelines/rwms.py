@@ -40,7 +40,7 @@ def student_config(cfg: Config) -> Config:
 
 
 def pseudo_spec(cfg: Config, sources: list[tuple[str, list[Item]]], reweight: bool, strong: bool) -> dict:
-    """TrainJob.pseudo for a student: [(table, items)] with the config's weights, lam, CutMix and batch."""
+    """A student's TrainJob.spec: [(table, items)] with the config's weights, lam, CutMix and batch."""
     rw = cfg.rwms
     return stream_spec(sources, rw.pseudo_batch_size or cfg.train.batch_size, rw.lam, reweight, strong,
                        cfg.pseudo.a, cfg.pseudo.b, rw.cutmix)
@@ -101,10 +101,12 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
 
 
 def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: list[Item], u2: list[Item],
-                   beside=None, two_lanes: bool = False) -> dict[str, dict]:
+                   beside=None, two_lanes: bool = False, callbacks=()) -> dict[str, dict]:
     """The students (Algorithm 1 steps 4-7) on the pair's table: S1 on D_l + U1, S1's pass over U2,
     S2 on D_l + U1 + U2 (or, with rwms.phases 1, one student on all of U). `beside`, a function
-    returning {stage: record}, trains beside S1 (the comparison stages). Returns {"s1", "rwms", ...}."""
+    returning {stage: record}, trains beside S1 (the comparison stages). `callbacks` go to the
+    students' trainers only (a Tune trial's reporter: the comparison stages must not feed its metric).
+    Returns {"s1", "rwms", ...}."""
     rw = cfg.rwms
     student: ModelConfig = rw.student or cfg.teachers.t1
     scfg = student_config(cfg)
@@ -113,9 +115,10 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
     def first_student() -> dict[str, dict]:
         if rw.phases == 1:  # one-phase retraining: one student on all of U with the pair's weights
             return {"rwms": train_stage(run, "s1", scfg, student, plan.labeled, plan,
-                                        pseudo_spec(scfg, [(table, everything)], rw.reweight, rw.strong))}
+                                        pseudo_spec(scfg, [(table, everything)], rw.reweight, rw.strong),
+                                        callbacks=callbacks)}
         return {"s1": train_stage(run, "s1", scfg, student, plan.labeled, plan,
-                                  pseudo_spec(scfg, [(table, u1)], rw.reweight, rw.strong))}
+                                  pseudo_spec(scfg, [(table, u1)], rw.reweight, rw.strong), callbacks=callbacks)}
 
     # S1 and the comparison stages train side by side, as the two teachers do: on a small machine two
     # 1-thread runs get more done than one run with two threads each in turn.
@@ -126,7 +129,8 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
         s1_pass = run_pass(run, "s1", [("s1", found["s1"]["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
                            expect={"dataset": cfg.data.dataset, "num_classes": plan.info.num_classes}, ranks_from=table)
         found["rwms"] = train_stage(run, "s2", _with_both_lanes(scfg, two_lanes), student, plan.labeled, plan,
-                                    pseudo_spec(scfg, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong))
+                                    pseudo_spec(scfg, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong),
+                                    callbacks=callbacks)
     return found
 
 

@@ -2,7 +2,8 @@
 
 Train V2 + Tune, as in Ray's train_tune_interop example: each trial is a plain function that runs
 the method's training stages, each one a `TorchTrainer` whose reports reach Tune through
-`TuneReportCallback` (raysemi.train.ray_fit.reporting_to_tune); ASHA reads val_miou at every report and stops the
+`TuneReportCallback`, which the trial hands to its students' trainers (and to no other stage); ASHA reads val_miou
+at every report and stops the
 weak trials. For RWMS the teachers and the pair's pass run once, in the sweep's run directory,
 before any trial: a and b only weigh the stored ranks and rho only re-splits the stored
 reliabilities, so a trial trains students (and runs S1's pass) and nothing else.
@@ -36,7 +37,7 @@ from raysemi.pseudo.split import split_by_reliability
 from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir, fingerprint, now
 from raysemi.sweep_space import SweepSpace, param_space
-from raysemi.train.ray_fit import reporting_to_tune, storage_args
+from raysemi.train.ray_fit import storage_args
 
 STAGE = "tune"
 # What the trial function itself reserves: it only waits on its TorchTrainers and passes, which hold
@@ -143,38 +144,38 @@ def trial_dir(root: str, trial_id: str) -> str:
 
 def run_trial(params: dict, *, base: dict, root: str, method: str, reuse: bool) -> None:
     """One trial (runs in a Tune trial actor): the config with the trial's values, in its own run
-    directory trials/<trial id>/; its training stages report to Tune as they go."""
+    directory trials/<trial id>/; its students report to Tune as they go (its own teachers do not: ASHA
+    compares the trials' students, and Tune's queue takes one reporter at a time)."""
     from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = with_values(from_dict(Config, base), params)
     trial_id = tune.get_context().get_trial_id()
     trial = RunDir(trial_dir(root, trial_id))
     trial.write_text("config.yaml", dump_yaml(cfg))
     t0 = time.time()
+    report = [TuneReportCallback()]  # made here, in the trial's Tune session
     if method == "ucc":
-
         plan = plan_data(cfg, trial)
-        with reporting_to_tune():
-            final = train_stage(trial, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, ucc=ucc_spec(cfg, plan))
+        final = train_stage(trial, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, ucc=ucc_spec(cfg, plan),
+                            callbacks=report)
     else:
         if not reuse:  # what a sweep costs without reuse (benchmarks/tune_reuse.py): own teachers and pass
-
-            run_teachers(cfg, trial)  # not reported: ASHA compares the trials' students
+            run_teachers(cfg, trial)
             run_pseudo(cfg, trial)
-        with reporting_to_tune():
-            final = _students_on_shared_pass(cfg, RunDir(root) if reuse else trial, trial)
+        final = _students_on_shared_pass(cfg, RunDir(root) if reuse else trial, trial, report)
     trial.write_text("trial.json", json.dumps({"trial_id": trial_id, "params": params, "completed": True,
                                                "val_miou": final["val_miou"], "minutes": (time.time() - t0) / 60}))
 
 
-def _students_on_shared_pass(cfg: Config, shared: RunDir, trial: RunDir) -> dict:
+def _students_on_shared_pass(cfg: Config, shared: RunDir, trial: RunDir, callbacks: list) -> dict:
     """The students of one trial on the sweep's teacher pass: the trial's own split by its rho."""
 
     table = shared.stage(PASS_STAGE)["table"]
     plan = plan_data(cfg, trial)
     split = split_by_reliability(table, plan.unlabeled, plan.root, cfg.pseudo.rho, trial.path("splits"))
     u1, u2 = u1_and_u2(cfg, plan, {"split": split})
-    return train_students(cfg, trial, plan, table, u1, u2)["rwms"]
+    return train_students(cfg, trial, plan, table, u1, u2, callbacks=callbacks)["rwms"]
 
 
 def _rows(run: RunDir, grid, space: SweepSpace) -> list[dict]:

@@ -20,7 +20,8 @@ NAMES = {"suponly": "SupOnly", "ucc": "UCC", "oracle": "Oracle"}
 
 
 def ucc_spec(cfg: Config, plan: DataPlan) -> dict:
-    """TrainJob.ucc: the step's settings, the unlabeled images and the unlabeled batch size."""
+    """UCC's TrainJob.spec (methods/ucc.py): the step's settings, the unlabeled images and the unlabeled
+    batch size."""
 
     uc = cfg.ucc
     settings = {f.name: getattr(uc, f.name) for f in dataclasses.fields(UCCSettings)}

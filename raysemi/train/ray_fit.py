@@ -1,7 +1,6 @@
 """Launch a TrainJob as a Ray Train `TorchTrainer` run and bring back its best model."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -21,8 +20,9 @@ def scaling_config(tc: TrainConfig):
     return ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources)
 
 
-def fit(job: TrainJob, tc: TrainConfig, storage_path: str, run_name: str, best_to: str) -> dict:
+def fit(job: TrainJob, tc: TrainConfig, storage_path: str, run_name: str, best_to: str, callbacks=()) -> dict:
     """Train to the end (resuming `run_name` if it has checkpoints) and copy the best model to `best_to`.
+    `callbacks` go to the trainer's RunConfig (a Tune trial passes its TuneReportCallback).
 
     `storage_path` and `best_to` are local paths or URIs (s3://...): on a cluster, Ray Train keeps
     its checkpoints on the shared storage, so a restarted worker on any node finds them.
@@ -43,7 +43,7 @@ def fit(job: TrainJob, tc: TrainConfig, storage_path: str, run_name: str, best_t
             failure_config=FailureConfig(max_failures=tc.max_failures),
             # the latest checkpoint also carries the best model, so one is enough
             checkpoint_config=CheckpointConfig(num_to_keep=1),
-            callbacks=_tune_callbacks(),
+            callbacks=list(callbacks),
         ),
     )
     result = trainer.fit()
@@ -52,31 +52,6 @@ def fit(job: TrainJob, tc: TrainConfig, storage_path: str, run_name: str, best_t
     with result.checkpoint.as_directory() as d:
         storage.write_bytes(best_to, (Path(d) / BEST_FILE).read_bytes())
     return dict(result.metrics or {})
-
-
-_REPORT_TO_TUNE = False  # set by `reporting_to_tune` in a Tune trial's process
-
-
-@contextmanager
-def reporting_to_tune():
-    """In a Tune trial (raysemi tune): the training stages started inside the block, from any thread,
-    forward every report to Tune, whose scheduler reads val_miou and may stop the trial. Only the
-    trial's own models report: stages trained beside them (a trial's own teachers) must not, or two
-    runs would feed one trial's metric stream (and Tune's queue takes one reporter at a time)."""
-    global _REPORT_TO_TUNE
-    _REPORT_TO_TUNE = True
-    try:
-        yield
-    finally:
-        _REPORT_TO_TUNE = False
-
-
-def _tune_callbacks() -> list:
-    if not _REPORT_TO_TUNE:
-        return []
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    return [TuneReportCallback()]
 
 
 def storage_args(location: str) -> dict:
