@@ -21,6 +21,8 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,18 @@ class RunDir:
         if name not in self._planned:
             return "stage"
         return f"stage {self._planned.index(name) + 1}/{len(self._planned)}"
+
+    @contextmanager
+    def running(self, name: str, inputs: str, **fields: Any) -> Iterator[None]:
+        """A stage's bookkeeping, one for training stages, passes and sweeps: running with these inputs
+        (and `fields`) during the block, failed with the error if the block raises (then re-raised).
+        The caller checks `is_done` before and marks the stage done with what it made after."""
+        self.update_stage(name, status="running", inputs=inputs, started=now(), ended=None, error=None, **fields)
+        try:
+            yield
+        except BaseException as exc:
+            self.update_stage(name, status="failed", ended=now(), error=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
 
     def update_stage(self, name: str, **fields: Any) -> dict:
         """Merge `fields` into the stage's record; a change of status is also one console line."""

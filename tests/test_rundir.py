@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from raysemi.rundir import RunDir, duration, fingerprint
 from raysemi.storage import write_text
 
@@ -43,3 +45,20 @@ def test_status_changes_are_console_lines_with_the_stage_position(tmp_path, caps
 
 def test_duration_text():
     assert [duration(s) for s in (0, 59.9, 61, 3599, 3600, 3725)] == ["0m00s", "0m59s", "1m01s", "59m59s", "1h00m", "1h02m"]
+
+
+def test_running_marks_a_stage_running_then_failed_with_its_error(tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    run.update_stage("s1", status="done", inputs="old", ended="yesterday", error=None, checkpoint="x.pt")
+    with run.running("s1", "new", checkpoint=None):
+        rec = run.stage("s1")
+        assert (rec["status"], rec["inputs"], rec["ended"], rec["checkpoint"]) == ("running", "new", None, None)
+    assert run.stage("s1")["status"] == "running"  # the caller marks it done with what it made
+    with pytest.raises(ZeroDivisionError):
+        with run.running("s2", "abc"):
+            1 / 0
+    rec = run.stage("s2")
+    assert rec["status"] == "failed" and rec["error"] == "ZeroDivisionError: division by zero" and rec["ended"]
+    assert not run.is_done("s2", "abc")
+    out = capsys.readouterr().out
+    assert "[s2] stage started" in out and "[s2] stage failed" in out

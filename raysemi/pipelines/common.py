@@ -223,14 +223,9 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
         rec = run.stage(stage)
         print(f"[{stage}] {run.position(stage)} already done with these inputs: {describe_record(rec)} ({rec['checkpoint']})")
         return rec
-    run.update_stage(stage, status="running", inputs=inputs, started=now(), checkpoint=None,
-                     **dict.fromkeys(SCORE_KEYS))
     best = run.path(stage, "best.pt")
-    try:
+    with run.running(stage, inputs, checkpoint=None, **dict.fromkeys(SCORE_KEYS)):
         metrics = fit(job, cfg.train, run.path("ray"), f"{stage}-{inputs}", best, callbacks)
-    except BaseException as exc:
-        run.update_stage(stage, status="failed", ended=now(), error=f"{type(exc).__name__}: {exc}"[:2000])
-        raise
     return run.update_stage(
         stage, status="done", ended=now(), checkpoint=best, best_epoch=metrics.get("best_epoch"),
         # the model selected on val (the one handed on), and the last evaluation's model

@@ -96,13 +96,12 @@ def run_tune(cfg: Config, space: SweepSpace, run: RunDir) -> list[dict]:
     limit = concurrency(cfg, space)
     print(f"[{STAGE}] {space.trials()} trials of {space.method}, at most {limit} at once "
           f"(one trial holds {trial_resources(cfg, space)})")
-    run.update_stage(STAGE, status="running", inputs=inputs, started=now(), error=None)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=to_dict(cfg), root=run.root, method=space.method, reuse=space.reuse),
         {"CPU": DRIVER_CPU})
     name, store = f"sweep-{inputs}", storage_args(run.path("tune", "ray"))  # a URI: a filesystem and a path
     location, fs = f"{store['storage_path']}/{name}", {k: v for k, v in store.items() if k == "storage_filesystem"}
-    try:
+    with run.running(STAGE, inputs):
         if tune.Tuner.can_restore(location, **fs):
             print(f"[{STAGE}] restoring the sweep cut off earlier (failed trials run again): {location}")
             tuner = tune.Tuner.restore(location, trainable, resume_unfinished=True, restart_errored=True, **fs)
@@ -120,9 +119,6 @@ def run_tune(cfg: Config, space: SweepSpace, run: RunDir) -> list[dict]:
                 run_config=tune.RunConfig(name=name, **store))
         grid = tuner.fit()
         rows = _rows(run, grid, space)
-    except BaseException as exc:
-        run.update_stage(STAGE, status="failed", ended=now(), error=f"{type(exc).__name__}: {exc}"[:2000])
-        raise
     outputs = _write_outputs(cfg, space, run, rows)
     failed = [r for r in rows if r["status"].startswith("error")]
     # a sweep with failed trials is not done: the same command restores it and runs them again

@@ -114,53 +114,52 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
         print(f"[{stage}] {run.position(stage)} already done with these inputs: {rec['rows']} images, {rec['rejected']} rejected ({uri})")
         return rec
 
-    run.update_stage(stage, status="running", inputs=inputs, started=now(), ended=None, table=None, error=None)
-    parent = run.path("pseudo")
-    rejects_file = storage.join(parent, f"{name}-rejects.txt")
-    # the old table is stale for the new inputs: it must not be read as complete while this pass runs
-    remove_table(uri)
-    storage.remove(rejects_file)
-    # object stores cannot rename a directory: write in place there (complete once _meta.json is in)
-    tmp = uri if storage.is_uri(uri) else storage.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-    job = PassJob(name=name, models=[{k: m[k] for k in ("stage", "checkpoint", "arch", "backbone")} for m in described],
-                  image_size=first["image_size"], num_classes=first["num_classes"],
-                  threads=max(1, int(pc.cpus_per_actor)), use_gpu=pc.gpus_per_actor > 0,
-                  write_weights=pc.write_weights, a=pc.a, b=pc.b, skip_bad=pc.skip_bad, decode_tasks=pc.decode_tasks,
-                  rejects_dir=storage.join(tmp, REJECTS_DIR), errors_dir=storage.join(tmp, ERRORS_DIR),
-                  ranks_from=ranks_from)
-    t0 = time.time()
-    print(f"[{stage}] labeling {len(items)} images with {source_name(job.models)} at "
-          f"{'x'.join(map(str, job.image_size)) if job.image_size else 'native size'}: {pc.actors} actor(s), "
-          f"{pc.cpus_per_actor:g} CPU and {pc.gpus_per_actor:g} GPU each, batch {pc.batch_size}", flush=True)
-    try:
-        init_ray(ray_config or RayConfig())
-        rows = _execute(job, items, tmp, pc)
-        rejects = read_rejects(job.rejects_dir)
-        storage.remove(job.rejects_dir)
-        if rows + len(rejects) != len(items):
-            raise RuntimeError(f"pass {name}: {len(items)} images in, but {rows} rows and {len(rejects)} rejects out")
-        source = source_name(job.models) + (f" (ranks of {ranks_meta['source']})" if ranks_meta else "")
-        meta = {"format": FORMAT, "name": name, "rows": rows, "rejected": len(rejects), "inputs": inputs,
-                "columns": table_schema(job.write_weights).names, "source": source,
-                "models": described, "image_size": job.image_size, "num_classes": job.num_classes,
-                "weights": {"a": pc.a, "b": pc.b} if weights else None, "created": now()}
-        storage.write_text(storage.join(tmp, META_FILE), json.dumps(meta, indent=2))  # last: marks the directory complete
-        commit_table(tmp, uri)
-    except BaseException as exc:
-        user = None
+    with run.running(stage, inputs, table=None):
+        parent = run.path("pseudo")
+        rejects_file = storage.join(parent, f"{name}-rejects.txt")
+        # the old table is stale for the new inputs: it must not be read as complete while this pass runs
+        remove_table(uri)
+        storage.remove(rejects_file)
+        # object stores cannot rename a directory: write in place there (complete once _meta.json is in)
+        tmp = uri if storage.is_uri(uri) else storage.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        job = PassJob(name=name, models=[{k: m[k] for k in ("stage", "checkpoint", "arch", "backbone")} for m in described],
+                      image_size=first["image_size"], num_classes=first["num_classes"],
+                      threads=max(1, int(pc.cpus_per_actor)), use_gpu=pc.gpus_per_actor > 0,
+                      write_weights=pc.write_weights, a=pc.a, b=pc.b, skip_bad=pc.skip_bad, decode_tasks=pc.decode_tasks,
+                      rejects_dir=storage.join(tmp, REJECTS_DIR), errors_dir=storage.join(tmp, ERRORS_DIR),
+                      ranks_from=ranks_from)
+        t0 = time.time()
+        print(f"[{stage}] labeling {len(items)} images with {source_name(job.models)} at "
+              f"{'x'.join(map(str, job.image_size)) if job.image_size else 'native size'}: {pc.actors} actor(s), "
+              f"{pc.cpus_per_actor:g} CPU and {pc.gpus_per_actor:g} GPU each, batch {pc.batch_size}", flush=True)
         try:
-            noted = read_rejects(job.errors_dir)  # the image an actor failed on, if that was the cause
-            if noted:
-                user = DataError(f"{noted[0][1]} (pseudo.skip_bad / --skip-bad lists such images and goes on)")
-            storage.remove(tmp)
-        except Exception:  # noqa: BLE001 - the original error matters more
-            pass
-        user = user or user_error(exc)
-        run.update_stage(stage, status="failed", ended=now(), error=f"{type(user or exc).__name__}: {user or exc}"[:2000])
-        if user is not None:
-            raise user from None
-        raise
-    storage.write_text(rejects_file, "".join(f"{p}\t{reason}\n" for p, reason in rejects))
+            init_ray(ray_config or RayConfig())
+            rows = _execute(job, items, tmp, pc)
+            rejects = read_rejects(job.rejects_dir)
+            storage.remove(job.rejects_dir)
+            if rows + len(rejects) != len(items):
+                raise RuntimeError(f"pass {name}: {len(items)} images in, but {rows} rows and {len(rejects)} rejects out")
+            source = source_name(job.models) + (f" (ranks of {ranks_meta['source']})" if ranks_meta else "")
+            meta = {"format": FORMAT, "name": name, "rows": rows, "rejected": len(rejects), "inputs": inputs,
+                    "columns": table_schema(job.write_weights).names, "source": source,
+                    "models": described, "image_size": job.image_size, "num_classes": job.num_classes,
+                    "weights": {"a": pc.a, "b": pc.b} if weights else None, "created": now()}
+            storage.write_text(storage.join(tmp, META_FILE), json.dumps(meta, indent=2))  # last: marks the directory complete
+            commit_table(tmp, uri)
+        except BaseException as exc:
+            user = None
+            try:
+                noted = read_rejects(job.errors_dir)  # the image an actor failed on, if that was the cause
+                if noted:
+                    user = DataError(f"{noted[0][1]} (pseudo.skip_bad / --skip-bad lists such images and goes on)")
+                storage.remove(tmp)
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
+            user = user or user_error(exc)
+            if user is not None:
+                raise user from None
+            raise
+        storage.write_text(rejects_file, "".join(f"{p}\t{reason}\n" for p, reason in rejects))
     seconds = time.time() - t0
     print(f"[{stage}] {rows} images labeled, {len(rejects)} rejected ({rejects_file}) in {seconds:.1f}s "
           f"({rows / max(seconds, 1e-9):.1f} images/s) -> {uri}", flush=True)
@@ -168,7 +167,6 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
                             rejects_file=rejects_file, source=meta["source"], seconds=round(seconds, 2),
                             models=[{k: m[k] for k in ("stage", "checkpoint", "sha256")} for m in described],
                             error=None)
-
 
 
 def _check_ranks_table(uri: str, described: list[dict], ids: list[str]) -> dict:
