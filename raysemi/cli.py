@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "images, and the ucc.compare stages beside it, then the report; a rerun resumes or skips")
     _common(p)
 
+    p = sub.add_parser("unimatch", help="train UniMatch (weak-to-strong consistency, two CutMixed strong views, "
+                       "feature perturbation) and the unimatch.compare stages beside it, then the report; a rerun "
+                       "resumes or skips")
+    _common(p)
+
     p = sub.add_parser("tune", help="Ray Tune sweep (ASHA on val mIoU) over the students of RWMS (rwms.*, "
                        "pseudo.a/b/rho; teachers and pass run once) or over UCC (ucc.*); writes RUN/tune/results.csv, "
                        "best.yaml and miou.png")
@@ -180,6 +185,10 @@ def _command(args: argparse.Namespace, cfg, run, space) -> int:
         from raysemi.pipelines.ucc import run_ucc
 
         run_ucc(cfg, run)
+    elif args.command == "unimatch":
+        from raysemi.pipelines.unimatch import run_unimatch
+
+        run_unimatch(cfg, run)
     elif args.command == "tune":
         from raysemi.pipelines.tune import run_tune
 

@@ -290,6 +290,33 @@ class UCCConfig:
 
 
 @dataclass
+class UniMatchConfig:
+    """UniMatch (Yang et al., CVPR 2023), the public bar: weak-to-strong consistency with two strong views
+    CutMixed from a second unlabeled batch and a feature-perturbation stream (raysemi.methods.unimatch).
+    It trains the config's `model` (the single-head model SupOnly trains), as the paper does.
+
+    conf_thresh is the paper's per dataset: 0.95 on Pascal VOC and COCO, 0 on Cityscapes (with OHEM
+    on the labeled batch). `compare` as UCC's: "suponly", "oracle".
+    """
+
+    conf_thresh: float = 0.95  # a pseudo-labeled pixel counts where the weak view's confidence reaches it
+    unlabeled_batch_size: int | None = None  # unlabeled images per batch (and as many mix images); default: train.batch_size
+    cutmix_p: float = 0.5  # probability of a CutMix box on each strong view (UniMatch's obtain_cutmix_box)
+    compare: list[str] = field(default_factory=list)  # "suponly", "oracle"
+
+    def validate(self) -> None:
+        if not 0 <= self.conf_thresh <= 1:
+            _bad("unimatch.conf_thresh", self.conf_thresh, "in [0, 1]")
+        if self.unlabeled_batch_size is not None and self.unlabeled_batch_size < 1:
+            _bad("unimatch.unlabeled_batch_size", self.unlabeled_batch_size, ">= 1")
+        if not 0 <= self.cutmix_p <= 1:
+            _bad("unimatch.cutmix_p", self.cutmix_p, "in [0, 1]")
+        for i, name in enumerate(self.compare):
+            if name not in ("suponly", "oracle"):
+                _bad(f"unimatch.compare[{i}]", name, "'suponly' or 'oracle'")
+
+
+@dataclass
 class RayConfig:
     address: str = ""  # "" starts a local Ray; "auto" joins the cluster this runs on
     num_cpus: int | None = None  # local Ray only; default: all cores
@@ -304,6 +331,7 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     rwms: RWMSConfig = field(default_factory=RWMSConfig)
     ucc: UCCConfig = field(default_factory=UCCConfig)
+    unimatch: UniMatchConfig = field(default_factory=UniMatchConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
@@ -312,6 +340,7 @@ class Config:
         self.pseudo.validate()
         self.rwms.validate()
         self.ucc.validate()
+        self.unimatch.validate()
         for key, model in (("model", self.model), ("teachers.t1", self.teachers.t1), ("teachers.t2", self.teachers.t2),
                            ("rwms.student", self.rwms.student)):
             if model is not None:

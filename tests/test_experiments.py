@@ -92,7 +92,8 @@ VOC_LEAVES = [f"voc/rwms_{b}_{p}.yaml" for b in ("r50", "r101") for p in ("1-16"
 CITYSCAPES_LEAVES = [f"cityscapes/rwms_{b}_{p}.yaml" for b in ("r50", "r101") for p in ("1-30", "1-8", "1-4")]
 
 
-@pytest.mark.parametrize("path", [p for p in ALL if rel(p).startswith("voc/") and not rel(p).startswith("voc/ucc/")], ids=rel)
+@pytest.mark.parametrize("path", [p for p in ALL if rel(p).startswith("voc/")
+                                  and not rel(p).startswith(("voc/ucc/", "voc/unimatch/"))], ids=rel)
 def test_voc_family_uses_the_papers_settings(path):
     cfg = load_config(path)
     assert cfg.data.dataset == "voc" and dataset_info(cfg.data.dataset, cfg.data.num_classes).num_classes == 21
@@ -113,8 +114,8 @@ def test_voc_leaves(name):
     _students_see_u_80_times(cfg, VOC_TRAIN_AUG)
 
 
-@pytest.mark.parametrize("path", [p for p in ALL if rel(p).startswith("cityscapes/") and not rel(p).startswith("cityscapes/ucc/")],
-                         ids=rel)
+@pytest.mark.parametrize("path", [p for p in ALL if rel(p).startswith("cityscapes/")
+                                  and not rel(p).startswith(("cityscapes/ucc/", "cityscapes/unimatch/"))], ids=rel)
 def test_cityscapes_family(path):
     cfg = load_config(path)
     assert cfg.data.dataset == "cityscapes" and dataset_info(cfg.data.dataset, cfg.data.num_classes).num_classes == 19
@@ -334,3 +335,37 @@ def test_every_search_space_loads_against_the_config_its_header_names(path):
     assert command.split("--space ")[1].split()[0] == f"experiments/{rel(path)}"
     space = load_space(path, load_config(REPO / config))
     assert space.method in path.name and space.trials() >= 4
+
+
+UNIMATCH_LEAVES = [f"{family}/unimatch/unimatch_{b}_1-8.yaml" for family in ("voc", "cityscapes") for b in ("r50", "r101")]
+
+
+@pytest.mark.parametrize("name", UNIMATCH_LEAVES)
+def test_unimatch_leaves_use_the_papers_settings(name):
+    """UniMatch's own configs (configs/pascal.yaml, configs/cityscapes.yaml), global batch 8 on 4 GPUs."""
+    cfg = load(name)
+    voc = name.startswith("voc/")
+    assert cfg.model.backbone == ("resnet101" if "_r101_" in name else "resnet50")
+    assert (cfg.model.arch, cfg.model.output_stride) == ("deeplabv3plus", 16)
+    assert cfg.data.crop_size == ([321, 321] if voc else [801, 801])
+    assert (cfg.train.lr, cfg.train.head_lr_mult) == ((0.001, 10.0) if voc else (0.005, 1.0))
+    assert cfg.train.loss == ("ce" if voc else "ohem") and cfg.unimatch.conf_thresh == (0.95 if voc else 0.0)
+    assert cfg.train.batch_size * cfg.train.num_workers == cfg.unimatch.unlabeled_batch_size * cfg.train.num_workers == 8
+    n_train = VOC_TRAIN_AUG if voc else CITYSCAPES_TRAIN
+    unlabeled = n_train - round(n_train / 8)
+    assert cfg.train.iterations == math.ceil((80 if voc else 240) * unlabeled / 8)  # epochs over U, as UniMatch counts
+    assert cfg.unimatch.compare == ["suponly"] and cfg.train.use_gpu
+
+
+def test_camvid_unimatch_matches_the_rwms_benchmark():
+    """The same data, model and schedule as the CamVid UCC config (and so the RWMS main job's T1)."""
+    unimatch, ucc = load("camvid/unimatch.yaml"), load("camvid/ucc.yaml")
+    assert unimatch.data == ucc.data and unimatch.model == ucc.model and unimatch.train == ucc.train
+    assert unimatch.unimatch.unlabeled_batch_size == 4 and unimatch.unimatch.compare == ["suponly"]
+
+
+def test_unimatch_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("unimatch: {conf_thresh: 1.5}\n")
+    with pytest.raises(ConfigError, match=r"unimatch.conf_thresh"):
+        load_config(bad)

@@ -36,7 +36,7 @@ def test_the_loop_names_no_method():
 
 
 def test_unknown_method_names_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown training method 'mystery'; choose one of \['rwms_student', 'supervised', 'ucc'\]"):
+    with pytest.raises(ValueError, match=r"unknown training method 'mystery'; choose one of \['rwms_student', 'supervised', 'ucc', 'unimatch'\]"):
         registry.build_step("mystery", None)
 
 
@@ -44,9 +44,11 @@ class CountingStep(Step):
     """A toy method: the supervised loss plus 0.5 x a constant, its number of steps as its state."""
 
     state_key = "counting"
+    made: list = []  # every instance, newest last
 
     def __init__(self, ctx: StepContext):
         self.criterion, self.calls, self.restored = ctx.criterion, 0, None
+        self.made.append(self)
 
     def describe(self) -> str:
         return "; counting steps"
@@ -65,8 +67,8 @@ class CountingStep(Step):
 
 
 def test_a_registered_method_trains_logs_checkpoints_and_resumes(synthetic_root, tmp_path, monkeypatch, capsys):
-    made = []
-    monkeypatch.setitem(registry.STEPS, "counting", lambda ctx: made.append(CountingStep(ctx)) or made[-1])
+    made = CountingStep.made
+    monkeypatch.setitem(registry.STEPS, "counting", CountingStep)
     cfg = load_config(None, ["data.dataset=folder", "data.num_classes=3", "data.labeled_fraction=1/2",
                              "data.crop_size=[32, 32]", "model.backbone=resnet18", "model.pretrained=false",
                              "train.batch_size=4", "train.epochs=2", "train.eval_every=1", "train.log_every=1"],

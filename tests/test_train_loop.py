@@ -95,7 +95,7 @@ def test_student_loop_learns_from_weighted_pseudo_labels(synthetic_root, tmp_pat
               "images": {it.id: it.image for it in plan.unlabeled}, "a": 1.0, "b": 1.0, "reweight": True,
               # no colour jitter: the synthetic classes are flat colours (jitter alone costs lam 0 half its mIoU)
               "strong": False, "lam": lam, "batch_size": 4}
-    metrics = run_plain(make_job(run, "s1", cfg, cfg.model, plan.labeled, plan, pseudo))
+    metrics = run_plain(make_job(run, "s1", cfg, cfg.model, plan.labeled, plan, "rwms_student", pseudo))
     rows = list(csv.DictReader(open(tmp_path / "run" / "s1" / "metrics.csv")))
     losses_u = [float(r["loss_u"]) for r in rows if r["loss_u"]]
     assert len(losses_u) == 24 and all(v >= 0 for v in losses_u)  # 12 labeled / batch 4 = 3 steps x 8 epochs
@@ -122,7 +122,7 @@ def test_ucc_loop_trains_checkpoints_its_dcscp_state_and_resumes(synthetic_root,
     plan = plan_data(cfg, run)
     spec = ucc_spec(cfg, plan)
     assert len(spec["unlabeled"]) == 12 and spec["settings"]["lam"] == 0.5 and spec["settings"]["views"] == "w"
-    job = make_job(run, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, ucc=spec)
+    job = make_job(run, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, "ucc", spec)
     first = run_plain(replace(job, train={**job.train, "epochs": 4}))
     state = torch.load(tmp_path / "run" / "ucc" / "local_checkpoint" / "state.pt", weights_only=True)
     sigma = state["ucc"][0]["confidence"]["sigma"]  # one state per rank: here one rank
@@ -135,3 +135,24 @@ def test_ucc_loop_trains_checkpoints_its_dcscp_state_and_resumes(synthetic_root,
     model, bundle = load_model(tmp_path / "run" / "ucc" / "local_checkpoint" / "best.pt")
     assert bundle["model"]["arch"] == "crosshead" and len(model(torch.zeros(1, 3, 32, 32))) == 2
     assert metrics["best_miou"] > 0.4, "three flat-coloured classes are easy for UCC too"
+
+
+def test_unimatch_loop_trains_and_resumes(synthetic_root, tmp_path):
+    """UniMatch in a plain process: 12 labeled + 12 unlabeled synthetic images, 2 unlabeled + 2 mix a step.
+    conf_thresh 0: every pixel counts, so L_u is positive from the start; a longer run resumes."""
+    from raysemi.pipelines.unimatch import unimatch_spec
+
+    cfg = small_cfg(synthetic_root, "data.labeled_fraction=1/2", "train.epochs=4", "train.eval_every=2",
+                    "train.log_every=1", "unimatch.conf_thresh=0", "unimatch.unlabeled_batch_size=2")
+    run = RunDir(tmp_path / "run")
+    plan = plan_data(cfg, run)
+    spec = unimatch_spec(cfg, plan)
+    assert len(spec["unlabeled"]) == 12 and spec["batch_size"] == 2 and spec["conf_thresh"] == 0
+    job = make_job(run, "unimatch", cfg, cfg.model, plan.labeled, plan, "unimatch", spec)
+    first = run_plain(replace(job, train={**job.train, "epochs": 2}))
+    metrics = run_plain(job)
+    assert (first["epoch"], metrics["epoch"]) == (2, 4)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "unimatch" / "metrics.csv")))
+    losses_u = [float(r["loss_u"]) for r in rows if r["loss_u"]]
+    assert len(losses_u) == 4 * 3 and all(v > 0 for v in losses_u)  # 12 labeled / batch 4 = 3 steps x 4 epochs
+    assert metrics["best_miou"] > 0.4, "three flat-coloured classes are easy for UniMatch too"

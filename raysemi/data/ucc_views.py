@@ -17,14 +17,16 @@ from raysemi.data.transforms import StrongPoolUCC, WeakAugment, normalize
 
 class UnlabeledViews(SegmentationDataset):
     """Each sample: "weak" (3xHxW), "strong1" and "strong2" (when strong_views), "ignore" (bool HxW,
-    True on the padding the crop added: no pseudo label there), "id", "index"."""
+    True on the padding the crop added: no pseudo label there), "id", "index". The strong views come
+    from UCC's pool, or from `strong` (a callable on a uint8 HxWx3 image: UniMatch passes ST++'s
+    photometric augmentation)."""
 
     def __init__(self, items: list[Item], info: DatasetInfo, crop_size: tuple[int, int],
                  scale: tuple[float, float], image_size: tuple[int, int] | None = None,
-                 strong_views: bool = True, strong_max_ops: int = 3):
+                 strong_views: bool = True, strong_max_ops: int = 3, strong=None):
         super().__init__(items, info, image_size)
         self.weak = WeakAugment(crop_size, scale)
-        self.strong = StrongPoolUCC(max_ops=strong_max_ops) if strong_views else None
+        self.strong = (strong or StrongPoolUCC(max_ops=strong_max_ops)) if strong_views else None
 
     def __getitem__(self, i: int) -> dict:
         image, _ = self.load(i)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from raysemi.config import ConfigError
 from raysemi.data.cutmix import cutmix_batch
 from raysemi.data.loaders import endless, rank_generator
 from raysemi.data.pseudo_stream import PseudoStream
@@ -33,6 +34,13 @@ class StudentStep(Step):
         self.criterion = ctx.criterion
         self.lam = float(self.spec["lam"])
         self.cutmix = float(self.spec.get("cutmix", 0.0))
+
+    @staticmethod
+    def check_spec(spec: dict, stage: str, workers: int) -> None:
+        count = sum(len(s["ids"]) for s in spec["sources"])
+        if count < spec["batch_size"] * workers:
+            raise ConfigError(f"{stage}: {count} pseudo-labeled images are fewer than one batch "
+                              f"(rwms.pseudo_batch_size {spec['batch_size']} x train.num_workers {workers})")
 
     def describe(self) -> str:
         return (f"; {self.spec['batch_size']} pseudo-labeled images per batch, lam {self.lam:g}"

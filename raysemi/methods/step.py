@@ -1,7 +1,8 @@
 """What the training loop knows of a method: a step object.
 
-A step is built from a `StepContext` (the stage, its data settings, the method's spec, the criterion,
-seed, rank and world size) and gives the loop:
+A step class is built by `from_context(ctx)` from a `StepContext` (the stage, its data settings, the
+method's spec, the criterion, seed, rank and world size); `check_spec(spec, stage, workers)` refuses,
+before any Ray work, a spec whose data gives no full batch. A step gives the loop:
 
   describe()            what the start line adds ("; 8 pseudo-labeled images per batch, lam 1")
   batches()             the method's own endless batches beside the labeled ones (None: none)
@@ -46,6 +47,14 @@ class Step:
     """The defaults of a step: no extra batches, nothing more to log, no state of its own."""
 
     state_key: str | None = None
+
+    @classmethod
+    def from_context(cls, ctx: StepContext) -> Step:
+        return cls(ctx)
+
+    @staticmethod
+    def check_spec(spec: dict | None, stage: str, workers: int) -> None:
+        """Raise ConfigError (naming the key) when the spec cannot give every worker a full batch."""
 
     def describe(self) -> str:
         return ""

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from raysemi.config import ConfigError
 from raysemi.data.copy_paste import ClassConfidence, dcscp_batch
 from raysemi.data.datasets import IGNORE_INDEX
 from raysemi.data.items import items_from_rows
@@ -119,6 +120,12 @@ class UCCStep(Step):
         step = cls(UCCSettings(**ctx.spec["settings"]), ctx.num_classes, ctx.criterion, ctx.seed, ctx.rank, ctx.world)
         step.ctx = ctx
         return step
+
+    @staticmethod
+    def check_spec(spec: dict, stage: str, workers: int) -> None:
+        if len(spec["unlabeled"]) < spec["batch_size"] * workers:
+            raise ConfigError(f"{stage}: {len(spec['unlabeled'])} unlabeled images are fewer than one batch "
+                              f"(ucc.unlabeled_batch_size {spec['batch_size']} x train.num_workers {workers})")
 
     def describe(self) -> str:
         s = self.s

@@ -147,8 +147,17 @@ class SegModel(nn.Module):
         self.head = head
         self.num_classes = num_classes
 
-    def forward(self, x: Tensor) -> Tensor:
-        return upsample(self.head(self.encoder(x)), x.shape[-2:])
+    def forward(self, x: Tensor, need_fp: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits at the input size. With `need_fp` (UniMatch's feature perturbation): also the logits of
+        the head on Dropout2d(0.5) of the encoder's low- and high-level features, the clean and the
+        perturbed features through the head in one batch (as UniMatch's DeepLabv3+ does), so the head's
+        BatchNorm sees both."""
+        feats = self.encoder(x)
+        if not need_fp:
+            return upsample(self.head(feats), x.shape[-2:])
+        both = Features(*(torch.cat([f, F.dropout2d(f, 0.5, training=True)]) for f in feats))
+        clean, perturbed = upsample(self.head(both), x.shape[-2:]).chunk(2)
+        return clean, perturbed
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         return self.encoder.parameters()

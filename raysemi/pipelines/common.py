@@ -1,6 +1,8 @@
 """Pieces every pipeline shares: where the data is, which images are labeled, one training stage."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from raysemi.data.datasets import DatasetInfo, dataset_info, list_items
 from raysemi.data.items import DataError, Item
 from raysemi.data.splits import make_split, parse_fraction, read_split_file, write_split_file
 from raysemi.methods.metrics import percent
+from raysemi.methods.registry import step_class
 from raysemi.pseudo.table import table_meta
 from raysemi.pseudo.truth import write_truth_table
 from raysemi.rundir import RunDir, fingerprint, now
@@ -144,29 +147,21 @@ def as_rows(items: list[Item]) -> list[list]:
 
 
 def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan,
-             pseudo: dict | None = None, ucc: dict | None = None):
-    """The TrainJob of one training stage (a student's when `pseudo` is given, UCC's with `ucc`), checked for
-    usable batch sizes."""
+             method: str = "supervised", spec: dict | None = None):
+    """The TrainJob of one training stage with `method` (a key of methods.registry.STEPS) and its spec,
+    checked for usable batch sizes."""
 
     tc, dc = cfg.train, cfg.data
     if len(train_items) < tc.batch_size * tc.num_workers:
         raise ConfigError(f"{stage}: {len(train_items)} labeled images are fewer than one batch "
                           f"(train.batch_size {tc.batch_size} x train.num_workers {tc.num_workers})")
-    if pseudo is not None:
-        count = sum(len(s["ids"]) for s in pseudo["sources"])
-        if count < pseudo["batch_size"] * tc.num_workers:
-            raise ConfigError(f"{stage}: {count} pseudo-labeled images are fewer than one batch "
-                              f"(rwms.pseudo_batch_size {pseudo['batch_size']} x train.num_workers {tc.num_workers})")
-    if ucc is not None and len(ucc["unlabeled"]) < ucc["batch_size"] * tc.num_workers:
-        raise ConfigError(f"{stage}: {len(ucc['unlabeled'])} unlabeled images are fewer than one batch "
-                          f"(ucc.unlabeled_batch_size {ucc['batch_size']} x train.num_workers {tc.num_workers})")
+    step_class(method).check_spec(spec, stage, tc.num_workers)
     return TrainJob(stage=stage, model=asdict(model), train=asdict(tc), dataset=dc.dataset,
                     num_classes=plan.info.num_classes, train_items=as_rows(train_items), val_items=as_rows(plan.val),
                     holdout_items=as_rows(plan.holdout),
                     out_dir=run.local_dir(stage), log_to=None if run.is_local else run.path(stage),
                     crop_size=dc.crop_size, scale=dc.scale, image_size=dc.image_size, loader_workers=dc.loader_workers,
-                    method="rwms_student" if pseudo is not None else "ucc" if ucc is not None else "supervised",
-                    spec=pseudo if pseudo is not None else ucc)
+                    method=method, spec=spec)
 
 
 def stream_spec(sources: list[tuple[str, list[Item]]], batch_size: int, lam: float, reweight: bool, strong: bool,
@@ -188,7 +183,7 @@ def train_oracle(run: RunDir, cfg: Config, model: ModelConfig, plan: DataPlan, b
     augmentation, the same schedule. The most any pseudo labels on U can buy at this budget."""
 
     truth = write_truth_table(run, "truth", plan.unlabeled, plan.info, cfg.data.image_size)
-    return train_stage(run, "oracle", cfg, model, plan.labeled, plan,
+    return train_stage(run, "oracle", cfg, model, plan.labeled, plan, "rwms_student",
                        stream_spec([(truth, plan.unlabeled)], batch_size, lam, reweight=False, strong=strong,
                                    cutmix=cutmix))
 
@@ -207,18 +202,15 @@ def same_training(cfg_a: Config, model_a: ModelConfig, cfg_b: Config, model_b: M
 
 
 def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan,
-                pseudo: dict | None = None, ucc: dict | None = None, callbacks=()) -> dict:
-    """Train one model as a Ray Train run; skip it if it finished with the same inputs. With `pseudo`
-    (see methods/rwms_student.py) it is a student: its inputs include the contents of the tables it
-    reads. With `ucc` (see methods/ucc.py) it is a UCC run on the labeled and unlabeled images.
-    `callbacks` (Ray Train callbacks: a Tune trial's TuneReportCallback) are not inputs."""
+                method: str = "supervised", spec: dict | None = None, callbacks=()) -> dict:
+    """Train one model with `method` and its spec (see the method's file in methods/) as a Ray Train run;
+    skip it if it finished with the same inputs. A student's inputs include the contents of the tables
+    it reads. `callbacks` (Ray Train callbacks: a Tune trial's TuneReportCallback) are not inputs."""
 
-    job = make_job(run, stage, cfg, model, train_items, plan, pseudo, ucc)
+    job = make_job(run, stage, cfg, model, train_items, plan, method, spec)
     train_inputs = {k: v for k, v in job.train.items() if k not in NOT_INPUTS}
-    tables = [table_meta(s["uri"])["inputs"] for s in pseudo["sources"]] if pseudo else None
     inputs = fingerprint({"model": job.model, "train": train_inputs, "data": [job.dataset, job.train_items, job.val_items,
-                          job.holdout_items, job.crop_size, job.scale, job.image_size],
-                          **({"pseudo": [pseudo, tables]} if pseudo else {}), **({"ucc": ucc} if ucc else {})})
+                          job.holdout_items, job.crop_size, job.scale, job.image_size], **_method_inputs(method, spec)})
     if run.is_done(stage, inputs):
         rec = run.stage(stage)
         print(f"[{stage}] {run.position(stage)} already done with these inputs: {describe_record(rec)} ({rec['checkpoint']})")
@@ -235,6 +227,24 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
         # images each rank trained on since the last evaluation, and how many more than one rank did (DDP: 0)
         shard_sizes=metrics.get("shard_sizes"), shard_overlap=metrics.get("shard_overlap"),
         loop_started=metrics.get("loop_started"), loop_ended=metrics.get("reported"), node=metrics.get("node"), error=None)
+
+
+def side_by_side(jobs: dict[str, Callable[[], dict]]) -> dict[str, dict]:
+    """Run the stages at once, one thread each (each fit() blocks its thread while its own Ray workers
+    train), and return {name: record} in the jobs' order; the first failure is raised once all ended."""
+    with ThreadPoolExecutor(max(1, len(jobs))) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _method_inputs(method: str, spec: dict | None) -> dict:
+    """The method's part of a stage's fingerprint, keyed as before methods were plug-ins ("pseudo" for a
+    student, with its tables' own fingerprints; "ucc"), so finished runs keep their fingerprints."""
+    if method == "supervised":
+        return {}
+    if method == "rwms_student":
+        return {"pseudo": [spec, [table_meta(s["uri"])["inputs"] for s in spec["sources"]]]}
+    return {method: spec}
 
 
 # A training stage's scores in the manifest: val and holdout mIoU of the model selected on val and of the

@@ -82,7 +82,7 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
         if "suponly" in rw.compare and not suponly_is_t1:  # the student model on D_l alone
             out["suponly"] = train_stage(run, "suponly", scfg, student, plan.labeled, plan)
         if "baseline" in rw.compare:  # single-stage self-training: T1's labels on all of U, no weights or strong aug
-            out["baseline"] = train_stage(run, "baseline", scfg, student, plan.labeled, plan,
+            out["baseline"] = train_stage(run, "baseline", scfg, student, plan.labeled, plan, "rwms_student",
                                           pseudo_spec(scfg, [(table, everything)], False, False))
         if "oracle" in rw.compare:  # S2's recipe with U's true masks: the ceiling of any pseudo labels
             out["oracle"] = train_oracle(run, scfg, student, plan, rw.pseudo_batch_size or cfg.train.batch_size,
@@ -114,10 +114,10 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
 
     def first_student() -> dict[str, dict]:
         if rw.phases == 1:  # one-phase retraining: one student on all of U with the pair's weights
-            return {"rwms": train_stage(run, "s1", scfg, student, plan.labeled, plan,
+            return {"rwms": train_stage(run, "s1", scfg, student, plan.labeled, plan, "rwms_student",
                                         pseudo_spec(scfg, [(table, everything)], rw.reweight, rw.strong),
                                         callbacks=callbacks)}
-        return {"s1": train_stage(run, "s1", scfg, student, plan.labeled, plan,
+        return {"s1": train_stage(run, "s1", scfg, student, plan.labeled, plan, "rwms_student",
                                   pseudo_spec(scfg, [(table, u1)], rw.reweight, rw.strong), callbacks=callbacks)}
 
     # S1 and the comparison stages train side by side, as the two teachers do: on a small machine two
@@ -129,6 +129,7 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
         s1_pass = run_pass(run, "s1", [("s1", found["s1"]["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
                            expect={"dataset": cfg.data.dataset, "num_classes": plan.info.num_classes}, ranks_from=table)
         found["rwms"] = train_stage(run, "s2", _with_both_lanes(scfg, two_lanes), student, plan.labeled, plan,
+                                    "rwms_student",
                                     pseudo_spec(scfg, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong),
                                     callbacks=callbacks)
     return found

@@ -153,7 +153,7 @@ def run_trial(params: dict, *, base: dict, root: str, method: str, reuse: bool) 
     report = [TuneReportCallback()]  # made here, in the trial's Tune session
     if method == "ucc":
         plan = plan_data(cfg, trial)
-        final = train_stage(trial, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, ucc=ucc_spec(cfg, plan),
+        final = train_stage(trial, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, "ucc", ucc_spec(cfg, plan),
                             callbacks=report)
     else:
         if not reuse:  # what a sweep costs without reuse (benchmarks/tune_reuse.py): own teachers and pass

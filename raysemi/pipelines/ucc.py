@@ -7,12 +7,12 @@ a rerun skips it when it finished and resumes it from its last checkpoint when i
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 
 from raysemi.config import Config
 from raysemi.data.items import DataError
 from raysemi.methods.ucc import UCCSettings
-from raysemi.pipelines.common import DataPlan, as_rows, check_items, plan_data, results_table, train_oracle, train_stage
+from raysemi.pipelines.common import (DataPlan, as_rows, check_items, plan_data, results_table, side_by_side,
+                                      train_oracle, train_stage)
 from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
 
@@ -37,17 +37,14 @@ def run_ucc(cfg: Config, run: RunDir) -> dict[str, dict]:
 
         raise DataError("UCC needs unlabeled images: the split left none (data.labeled_fraction is 1?)")
     init_ray(cfg.ray)
-    jobs = {"ucc": lambda: train_stage(run, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, ucc=ucc_spec(cfg, plan))}
+    jobs = {"ucc": lambda: train_stage(run, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, "ucc", ucc_spec(cfg, plan))}
     if "suponly" in cfg.ucc.compare:  # the single-head model on D_l alone, same schedule
         jobs["suponly"] = lambda: train_stage(run, "suponly", cfg, cfg.model, plan.labeled, plan)
     if "oracle" in cfg.ucc.compare:  # the single-head model on D_l + U with U's true masks, UCC's batch composition
         jobs["oracle"] = lambda: train_oracle(run, cfg, cfg.model, plan, cfg.ucc.unlabeled_batch_size or cfg.train.batch_size)
     run.plan_stages(list(jobs))
-    # side by side, as the teachers: each fit() blocks its thread while its own workers train
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        futures = {name: pool.submit(job) for name, job in jobs.items()}
-        results = {name: futures[name].result() for name in ("suponly", "ucc", "oracle") if name in futures}
-    print("\n" + results_table({NAMES[name]: rec for name, rec in results.items()}))
+    results = side_by_side(jobs)  # as the teachers
+    print("\n" + results_table({NAMES[name]: results[name] for name in ("suponly", "ucc", "oracle") if name in results}))
     from raysemi.report import write_report
 
     print(f"report: {write_report(run.root)}")

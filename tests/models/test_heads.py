@@ -107,3 +107,21 @@ def test_head_width_sets_decoder_channels():
     assert narrow.head.classifier.in_channels == 64 and wide.head.classifier.in_channels == 256
     assert count_parameters(narrow) < count_parameters(wide)
     assert narrow(torch.zeros(2, 3, 32, 32)).shape == (2, 5, 32, 32)
+
+
+@pytest.mark.parametrize("arch", HEADS)
+def test_feature_perturbation_stream(arch: str) -> None:
+    """need_fp (UniMatch): the head also runs on Dropout2d(0.5) of the encoder's features. In eval mode the
+    clean stream is the plain forward (BatchNorm then uses its running statistics), the perturbed one
+    differs, and both are at the input size; in train mode gradients reach the encoder through both."""
+    model = build_model(arch, "resnet18", NUM_CLASSES, 16, pretrained=False, seed=0, head_width=16)
+    x = torch.randn(2, 3, 40, 56)
+    model.eval()
+    torch.manual_seed(1)
+    clean, perturbed = model(x, need_fp=True)
+    assert clean.shape == perturbed.shape == (2, NUM_CLASSES, 40, 56)
+    assert torch.allclose(clean, model(x), atol=1e-5) and not torch.allclose(clean, perturbed, atol=1e-3)
+    model.train()
+    clean, perturbed = model(x, need_fp=True)
+    perturbed.sum().backward()
+    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
