@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from concurrent.futures import ThreadPoolExecutor
 
 from raysemi.config import Config, ModelConfig
 from raysemi.data.items import Item
@@ -20,6 +19,7 @@ from raysemi.pipelines.common import (
     check_items,
     plan_data,
     results_table,
+    side_by_side,
     stream_spec,
     train_oracle,
     train_stage,
@@ -122,9 +122,8 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
 
     # S1 and the comparison stages train side by side, as the two teachers do: on a small machine two
     # 1-thread runs get more done than one run with two threads each in turn.
-    with ThreadPoolExecutor(2) as pool:
-        compared, trained = pool.submit(beside or dict), pool.submit(first_student)
-        found = {**compared.result(), **trained.result()}
+    lanes = side_by_side({"comparisons": beside or dict, "students": first_student})
+    found = {**lanes["comparisons"], **lanes["students"]}
     if rw.phases == 2:  # S1's pass over U2, then S2 alone, with the cores of both lanes
         s1_pass = run_pass(run, "s1", [("s1", found["s1"]["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
                            expect={"dataset": cfg.data.dataset, "num_classes": plan.info.num_classes}, ranks_from=table)

@@ -1,10 +1,8 @@
 """Two teachers trained at once: T1 and T2 as two Ray Train runs in flight together (RWMS step 1)."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 from raysemi.config import Config
-from raysemi.pipelines.common import check_items, plan_data, results_table, train_stage
+from raysemi.pipelines.common import check_items, plan_data, results_table, side_by_side, train_stage
 from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
 
@@ -16,12 +14,11 @@ def run_teachers(cfg: Config, run: RunDir) -> dict[str, dict]:
     check_items(plan.labeled + plan.val)
     init_ray(cfg.ray)
     models = {"t1": cfg.teachers.t1, "t2": cfg.teachers.t2}
-    # Each fit() blocks its thread while its workers train; both runs hold their own workers.
     if not run.planned:  # `raysemi teachers`; inside RWMS the pipeline planned its stages
         run.plan_stages(list(TEACHERS))
-    with ThreadPoolExecutor(len(TEACHERS)) as pool:
-        futures = {name: pool.submit(train_stage, run, name, cfg, models[name], plan.labeled, plan) for name in TEACHERS}
-        records = {name: f.result() for name, f in futures.items()}
+    # both runs in flight together, each holding its own workers
+    records = side_by_side({name: (lambda name=name: train_stage(run, name, cfg, models[name], plan.labeled, plan))
+                            for name in TEACHERS})
     print("\n" + results_table({f"{name} ({models[name].arch} / {models[name].backbone})": rec
                                 for name, rec in records.items()}))
     print(f"run directory: {run.root} (summary.json)")
