@@ -9,7 +9,8 @@ Runs, as a subprocess,
     raysemi study --config experiments/camvid/study/rwms.yaml --method rwms
                   --config experiments/camvid/study/ucc.yaml --method ucc --seeds 0,1,2 --run runs/study-camvid
 and prints the table of RUN/study.md. Each RWMS run is a main job plus the Oracle, each UCC run one
-UCC stage: hours for six runs on a laptop (`--methods rwms` runs only the RWMS configs). Each run has its own run
+UCC stage: hours for six runs on a laptop (`--methods rwms` runs only the RWMS configs; `--methods
+rwms,ucc,unimatch` adds UniMatch, experiments/camvid/study/unimatch.yaml, one stage a seed). Each run has its own run
 directory RUN/<config>/split<K>-seed<S>/, so a rerun of this script skips what finished.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = (("experiments/camvid/study/rwms.yaml", "rwms"), ("experiments/camvid/study/ucc.yaml", "ucc"))
+CONFIGS = (("experiments/camvid/study/rwms.yaml", "rwms"), ("experiments/camvid/study/ucc.yaml", "ucc"),
+           ("experiments/camvid/study/unimatch.yaml", "unimatch"))
 
 
 def study_command(run: str, seeds: str, data_root: str | None = None, parallel: str | None = None,
@@ -40,7 +42,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/study-camvid", help="the study's directory (a rerun resumes)")
     ap.add_argument("--seeds", default="0,1,2", help="train.seed of the runs (default: 0,1,2)")
-    ap.add_argument("--methods", default="rwms,ucc", help="which configs: rwms, ucc or both (default)")
+    ap.add_argument("--methods", default="rwms,ucc", help="which configs, of rwms, ucc and unimatch (default: rwms,ucc)")
     ap.add_argument("--data-root")
     ap.add_argument("--parallel", help="runs at once (default: raysemi study's auto)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",

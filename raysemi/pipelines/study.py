@@ -1,4 +1,4 @@
-"""`raysemi study`: seed studies. Each config runs its whole pipeline (RWMS or UCC) once per
+"""`raysemi study`: seed studies. Each config runs its whole pipeline (RWMS, UCC or UniMatch) once per
 (split seed, seed), each run in its own run directory, then one table gives every model's mean and
 sample sd over the seeds instead of one seed's number.
 
@@ -34,15 +34,17 @@ from raysemi.methods.metrics import percent
 from raysemi.pipelines.common import same_training
 from raysemi.pipelines.rwms import run_rwms, student_config
 from raysemi.pipelines.ucc import run_ucc
+from raysemi.pipelines.unimatch import run_unimatch
 from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
 
-METHODS = ("rwms", "ucc")
+METHODS = ("rwms", "ucc", "unimatch")
+PIPELINES = {"rwms": run_rwms, "ucc": run_ucc, "unimatch": run_unimatch}
 # The training stages of each pipeline that the table reads, in table order, and their names there.
 STAGES = {"rwms": ("t1", "t2", "suponly", "baseline", "s1", "s2", "oracle"),
-          "ucc": ("suponly", "ucc", "oracle")}
+          "ucc": ("suponly", "ucc", "oracle"), "unimatch": ("suponly", "unimatch", "oracle")}
 MODEL_NAMES = {"t1": "T1", "t2": "T2", "suponly": "SupOnly", "baseline": "Baseline", "s1": "S1", "s2": "S2",
-               "oracle": "Oracle", "ucc": "UCC"}
+               "oracle": "Oracle", "ucc": "UCC", "unimatch": "UniMatch"}
 SUPONLY = "SupOnly"
 COLUMNS = ("config", "method", "model", "split_seed", "seed", "val_selected", "holdout_selected", "val_last",
            "holdout_last", "best_epoch", "run")
@@ -175,12 +177,13 @@ def plan_runs(root: str, configs: list[str], methods: list[str], seeds: list[int
 
 def cpus_per_run(run: StudyRun) -> int:
     """CPUs one run holds at its peak: its side-by-side training stages (RWMS: two lanes, the teachers
-    and then S1 beside the comparisons; UCC: UCC beside each ucc.compare stage) times a stage's CPUs."""
+    and then S1 beside the comparisons; UCC, UniMatch: the method beside each of its compare stages) times
+    a stage's CPUs."""
 
     if run.method == "rwms":
         lanes, schedules = 2, [run.cfg.train, student_config(run.cfg).train]
     else:
-        lanes, schedules = 1 + len(run.cfg.ucc.compare), [run.cfg.train]
+        lanes, schedules = 1 + len(compare_of(run)), [run.cfg.train]
     return max(lanes * tc.num_workers * tc.cpus_per_worker for tc in schedules)
 
 
@@ -210,7 +213,7 @@ def run_one(run: StudyRun) -> None:
     rundir = RunDir(run.run)
     rundir.write_text("config.yaml", dump_yaml(run.cfg))
     print(f"[study] {run.label}: raysemi {run.method} in {rundir.root}")
-    (run_rwms if run.method == "rwms" else run_ucc)(run.cfg, rundir)
+    PIPELINES[run.method](run.cfg, rundir)
     print(f"[study] {run.label}: finished")
 
 
@@ -265,16 +268,21 @@ def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, 
     return rows, notes
 
 
+def compare_of(run: StudyRun) -> list[str]:
+    """The comparison stages the run's pipeline trains beside the method (its config's `compare`)."""
+    return getattr(run.cfg, run.method).compare
+
+
 def collect_rows(runs: list[StudyRun]) -> tuple[list[dict], list[str]]:
-    """The rows of every run's manifest, in plan order, and the notes (once each). A UCC run that does
-    not train its own SupOnly gets, as its SupOnly row, the T1 of an RWMS run of the study with the same
+    """The rows of every run's manifest, in plan order, and the notes (once each). A UCC or UniMatch run
+    that does not train its own SupOnly gets, as its SupOnly row, the T1 of an RWMS run of the study with the same
     seeds when that T1 is the same training (same data, model and schedule: `same_training`)."""
     rows, notes = [], []
     for r in runs:
-        compare = r.cfg.rwms.compare if r.method == "rwms" else r.cfg.ucc.compare
+        compare = compare_of(r)
         got, got_notes = manifest_rows(RunDir(r.run).manifest(), config=r.name, method=r.method,
                                        split_seed=r.split_seed, seed=r.seed, run=r.run, compare=compare)
-        if r.method == "ucc" and "suponly" not in compare and got:  # over the seeds UCC has finished
+        if r.method != "rwms" and "suponly" not in compare and got:  # over the seeds the method has finished
             stand_in = _rwms_t1_as_suponly(r, runs)
             if stand_in:
                 got.append(stand_in[0])
