@@ -87,7 +87,7 @@ class Labeler:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         job = self.job
         ids = [str(i) for i in batch["id"]]
-        images = list(batch["pixels"])  # decoded by decode_images: uint8 HxWx3 each
+        images = images_of(batch)  # decoded by decode_images
         carry = _read_ranks(job.ranks_from, batch) if job.ranks_from else None
         groups: dict[tuple, list[int]] = defaultdict(list)  # images of one size go through together
         for i, image in enumerate(images):
@@ -109,8 +109,10 @@ class Labeler:
 
 def decode_images(batch: dict[str, np.ndarray], job: dict) -> dict[str, np.ndarray]:
     """The Ray Data task ahead of the Labeler: the batch's rows with their images decoded and resized as
-    the students load them (column "pixels", uint8 HxWx3 each). An image that cannot be decoded is noted
-    in the rejects and dropped (pseudo.skip_bad), or noted in the errors and raised."""
+    the students load them, as plain columns (`pixels`: the row-major bytes of the uint8 HxWx3 image,
+    `height`, `width`), so blocks of images of any sizes share one Arrow schema (`images_of` reads them
+    back). An image that cannot be decoded is noted in the rejects and dropped (pseudo.skip_bad), or
+    noted in the errors and raised."""
     job = PassJob(**job)
     keep, images, rejects = [], [], []
     for i, path in enumerate(batch["image"]):
@@ -125,13 +127,16 @@ def decode_images(batch: dict[str, np.ndarray], job: dict) -> dict[str, np.ndarr
     if rejects:
         write_rejects(job.rejects_dir, rejects)
     out = {key: np.asarray(values)[keep] for key, values in batch.items()}
-    if images and len({im.shape for im in images}) == 1:
-        out["pixels"] = np.stack(images)
-    else:  # images of several sizes (no image_size), or none left: one object per row
-        out["pixels"] = np.empty(len(images), dtype=object)
-        out["pixels"][:] = images
+    out["pixels"] = np.array([np.ascontiguousarray(im).tobytes() for im in images], dtype=object)
+    out["height"] = np.array([im.shape[0] for im in images], dtype=np.int32)
+    out["width"] = np.array([im.shape[1] for im in images], dtype=np.int32)
     return out
 
+
+def images_of(batch: dict) -> list[np.ndarray]:
+    """The uint8 HxWx3 images of a batch that `decode_images` made."""
+    return [np.frombuffer(p, dtype=np.uint8).reshape(int(h), int(w), 3)
+            for p, h, w in zip(batch["pixels"], batch["height"], batch["width"])]
 
 
 def _read_ranks(uri: str, batch: dict) -> dict[str, tuple[bytes, float]]:
