@@ -12,7 +12,7 @@ from raysemi.data.datasets import load_image_at
 from raysemi.data.splits import read_split_file
 from raysemi.figures import figure_paths, reliability_histogram, weight_heatmaps
 from raysemi.methods.reliability import reliability_split
-from raysemi.pipelines.common import plan_data, write_splits
+from raysemi.pipelines.common import DataPlan, plan_data, write_splits
 from raysemi.pseudo.driver import run_pass
 from raysemi.pseudo.split import split_by_reliability
 from raysemi.pseudo.table import decode, read_pseudo_table, table_meta, table_uri
@@ -46,11 +46,13 @@ def _plan_same_split(cfg: Config, run: RunDir):
     return plan
 
 
-def run_pseudo(cfg: Config, run: RunDir, force: bool = False) -> dict:
+def run_pseudo(cfg: Config, run: RunDir, force: bool = False, plan: DataPlan | None = None) -> dict:
     """The teacher pass (skipped when done with the same inputs) and the reliability split (cheap,
-    redone every time: rho may have changed). Returns the manifest record of stage pseudo_teachers."""
+    redone every time: rho may have changed). `plan`: the caller's data plan, the one its teachers were
+    trained on (made once per command); without it the split is planned and checked against the run's.
+    Returns the manifest record of stage pseudo_teachers."""
     checkpoints = teacher_checkpoints(run)
-    plan = _plan_same_split(cfg, run)
+    plan = plan or _plan_same_split(cfg, run)
     if not plan.unlabeled:
         raise ConfigError("the unlabeled split is empty: there is nothing to pseudo-label")
     try:

@@ -71,8 +71,8 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
         print("[suponly] the student model and schedule are T1's: SupOnly is T1")
     compared = [s for s in ("suponly", "baseline", "oracle") if s in rw.compare and not (s == "suponly" and suponly_is_t1)]
     run.plan_stages(["t1", "t2", "pseudo_teachers", *compared, "s1", *(["pseudo_s1", "s2"] if rw.phases == 2 else [])])
-    teachers = run_teachers(cfg, run)
-    pass_rec = run_pseudo(cfg, run)
+    teachers = run_teachers(cfg, run, plan)
+    pass_rec = run_pseudo(cfg, run, plan=plan)
     table = pass_rec["table"]
     u1, u2 = u1_and_u2(cfg, plan, pass_rec)
     everything = u1 + u2  # the pass's rows: the unlabeled images less any it rejected (--skip-bad)

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 from raysemi.config import Config
-from raysemi.pipelines.common import check_items, plan_data, results_table, side_by_side, train_stage
+from raysemi.pipelines.common import DataPlan, check_items, plan_data, results_table, side_by_side, train_stage
 from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
 
 TEACHERS = ("t1", "t2")
 
 
-def run_teachers(cfg: Config, run: RunDir) -> dict[str, dict]:
-    plan = plan_data(cfg, run)
-    check_items(plan.labeled + plan.val)
+def run_teachers(cfg: Config, run: RunDir, plan: DataPlan | None = None) -> dict[str, dict]:
+    """T1 and T2 at once on the labeled images (`plan`: the caller's data plan, made once per command)."""
+    if plan is None:
+        plan = plan_data(cfg, run)
+        check_items(plan.labeled + plan.val)
     init_ray(cfg.ray)
     models = {"t1": cfg.teachers.t1, "t2": cfg.teachers.t2}
     if not run.planned:  # `raysemi teachers`; inside RWMS the pipeline planned its stages

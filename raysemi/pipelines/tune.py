@@ -90,9 +90,8 @@ def run_tune(cfg: Config, space: SweepSpace, run: RunDir) -> list[dict]:
     check_items(plan.labeled + plan.val)
     init_ray(cfg.ray)
     if space.method == "rwms" and space.reuse:  # once, for every trial
-
-        run_teachers(cfg, run)
-        run_pseudo(cfg, run)
+        run_teachers(cfg, run, plan)
+        run_pseudo(cfg, run, plan=plan)
     limit = concurrency(cfg, space)
     print(f"[{STAGE}] {space.trials()} trials of {space.method}, at most {limit} at once "
           f"(one trial holds {trial_resources(cfg, space)})")
