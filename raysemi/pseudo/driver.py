@@ -219,8 +219,9 @@ def _execute(job: PassJob, items: list[Item], tmp: str, pc: PseudoConfig) -> int
                             batch_format="numpy", compute=ActorPoolStrategy(size=pc.actors),
                             num_cpus=pc.cpus_per_actor, num_gpus=pc.gpus_per_actor)
         # written by tasks that reserve no CPU, as the actors' batches come out (a 1-CPU writer waited
-        # for the actors to end)
-        ds.write_parquet(tmp_path, filesystem=fs, ray_remote_args={"num_cpus": 0}, **PARQUET_ARGS)
+        # for the actors to end), in files of at least 8 batches (the batches leave the actors one block each)
+        ds.write_parquet(tmp_path, filesystem=fs, ray_remote_args={"num_cpus": 0},
+                         min_rows_per_file=8 * pc.batch_size, **PARQUET_ARGS)
     data = pads.dataset(tmp_path, format="parquet", filesystem=fs, ignore_prefixes=[".", "_"])
     if not data.files:  # nothing written (no items, or all rejected): an empty table still has its schema
         pq.write_table(table_schema(job.write_weights).empty_table(), f"{tmp_path}/empty.parquet", filesystem=fs)
