@@ -6,7 +6,8 @@ and only labels -> `write_parquet` -> `_meta.json`. The driver never holds label
 The decode and write tasks reserve no CPU: the actors may hold every CPU (a laptop: one 1-CPU actor per
 core), and a task that waited for a CPU would wait for the whole pass, so the GPU or cores would idle
 while images decode (decoding in the actor did exactly that). `pseudo.decode_tasks` caps the decoders
-running at once; a decode is about a sixth of a CPU forward of the pair at 128x160.
+running at once; a decode costs about 5 ms of CPU an image against some 127 for the pair's forward at
+128x160 (docs/benchmarks.md).
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ class IncompleteTableError(DataError):
 
 
 # zstd 9, chosen by measurement (benchmarks/pseudo_label.py, docs/benchmarks.md): on the CamVid pair's table
-# 0.56 ms a row to write on one thread against 26.6 at level 19 (a third of the pair's CPU forward), for
+# 0.57 ms a row to write on one thread against 24.5 at level 19 (a fifth of the pair's CPU forward), for
 # 1.3x level 19's bytes (1500 a row at 128x160: a few MB for thousands of images)
 PARQUET_ARGS = {"compression": "zstd", "compression_level": 9}
 
