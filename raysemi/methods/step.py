@@ -19,10 +19,13 @@ The registry (`methods/registry.py`) maps `TrainJob.method` to the class.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from raysemi.data.loaders import endless, rank_generator
 
 
 @dataclass
@@ -70,3 +73,15 @@ class Step:
 
     def restore(self, states: list[dict], rank: int) -> None:
         pass
+
+
+def shuffled_batches(ctx: StepContext, dataset: Dataset, batch_size: int, stream: int, empty_error: str) -> Iterator:
+    """Endless shuffled batches of a method's own dataset, this rank's share (Ray Train's sampler), seeded
+    by (seed, rank, `stream`): a stream number of the method's own keeps its draws apart from the
+    labeled loader's (1) and the other methods'. DataError `empty_error` when a pass gives no batch."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                        num_workers=ctx.loader_workers, persistent_workers=ctx.loader_workers > 0,
+                        generator=rank_generator(ctx.seed, ctx.rank, stream))
+    loader = ctx.prepare_loader(loader)
+    sampler = getattr(loader, "sampler", None)
+    return endless(loader, getattr(sampler, "set_epoch", lambda epoch: None), empty_error)

@@ -29,15 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from raysemi.config import ConfigError
 from raysemi.data.copy_paste import ClassConfidence, dcscp_batch
 from raysemi.data.datasets import IGNORE_INDEX
 from raysemi.data.items import items_from_rows
-from raysemi.data.loaders import endless, rank_generator
 from raysemi.data.ucc_views import UnlabeledViews
-from raysemi.methods.step import Step, StepContext
+from raysemi.methods.step import Step, StepContext, shuffled_batches
 from raysemi.methods.ugrm import cross_supervision_loss
 
 COPY_PASTE = ("none", "cp", "dcp", "cscp", "dcscp")
@@ -138,14 +136,9 @@ class UCCStep(Step):
         ctx, u = self.ctx, self.ctx.spec
         views = UnlabeledViews(items_from_rows(u["unlabeled"]), ctx.info, ctx.crop_size, ctx.scale, ctx.image_size,
                                strong_views=self.s.views != "w", strong_max_ops=u["strong_max_ops"])
-        loader = DataLoader(views, batch_size=u["batch_size"], shuffle=True, drop_last=True,
-                            num_workers=ctx.loader_workers, persistent_workers=ctx.loader_workers > 0,
-                            generator=rank_generator(ctx.seed, ctx.rank, 3))
-        loader = ctx.prepare_loader(loader)
-        sampler = getattr(loader, "sampler", None)
-        return endless(loader, getattr(sampler, "set_epoch", lambda epoch: None),
-                       f"{ctx.stage}: {len(views)} unlabeled images give no full batch of {u['batch_size']} "
-                       f"per worker ({ctx.world} worker(s))")
+        return shuffled_batches(ctx, views, u["batch_size"], 3,
+                                f"{ctx.stage}: {len(views)} unlabeled images give no full batch of {u['batch_size']} "
+                                f"per worker ({ctx.world} worker(s))")
 
     def log_text(self, loss_u, stats: dict) -> str:
         kept = (f", UGRM keeps {100 * float(stats['used_1']):.0f}/{100 * float(stats['used_2']):.0f}% of pixels"

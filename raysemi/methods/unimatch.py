@@ -31,15 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from raysemi.config import ConfigError
 from raysemi.data.cutmix import cutmix_box
 from raysemi.data.items import items_from_rows
-from raysemi.data.loaders import endless, rank_generator
 from raysemi.data.transforms import StrongPhotometricRWMS
 from raysemi.data.ucc_views import UnlabeledViews
-from raysemi.methods.step import Step, StepContext
+from raysemi.methods.step import Step, StepContext, shuffled_batches
 
 WEIGHTS = {"s1": 0.25, "s2": 0.25, "fp": 0.5}  # of the unlabeled terms; the sum with L_x is halved
 
@@ -83,14 +81,9 @@ class UniMatchStep(Step):
         ctx, u = self.ctx, self.spec
         views = UnlabeledViews(items_from_rows(u["unlabeled"]), ctx.info, ctx.crop_size, ctx.scale, ctx.image_size,
                                strong=StrongPhotometricRWMS())
-        loader = DataLoader(views, batch_size=2 * u["batch_size"], shuffle=True, drop_last=True,
-                            num_workers=ctx.loader_workers, persistent_workers=ctx.loader_workers > 0,
-                            generator=rank_generator(ctx.seed, ctx.rank, 4))
-        loader = ctx.prepare_loader(loader)
-        sampler = getattr(loader, "sampler", None)
-        return endless(loader, getattr(sampler, "set_epoch", lambda epoch: None),
-                       f"{ctx.stage}: {len(views)} unlabeled images give no full batch of 2 x {u['batch_size']} "
-                       f"(unlabeled and mix) per worker ({ctx.world} worker(s))")
+        return shuffled_batches(ctx, views, 2 * u["batch_size"], 4,
+                                f"{ctx.stage}: {len(views)} unlabeled images give no full batch of 2 x "
+                                f"{u['batch_size']} (unlabeled and mix) per worker ({ctx.world} worker(s))")
 
     def log_text(self, loss_u, stats: dict) -> str:
         return f" (L_u {loss_u.item():.4f}, {100 * float(stats['confident']):.0f}% of pixels confident)"
