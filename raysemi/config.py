@@ -225,9 +225,7 @@ class RWMSConfig:
         for key in ("iterations", "cpus_per_worker"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 _bad(f"rwms.{key}", getattr(self, key), ">= 1")
-        for i, name in enumerate(self.compare):
-            if name not in ("suponly", "baseline", "oracle"):
-                _bad(f"rwms.compare[{i}]", name, "'suponly', 'baseline' or 'oracle'")
+        _check_compare("rwms.compare", self.compare, ("suponly", "baseline", "oracle"))
 
 
 @dataclass
@@ -284,9 +282,7 @@ class UCCConfig:
             _bad("ucc.confidence_momentum", self.confidence_momentum, "in [0, 1)")
         if not 1 <= self.strong_max_ops <= 9:
             _bad("ucc.strong_max_ops", self.strong_max_ops, "in [1, 9] (the pool has nine operations)")
-        for i, name in enumerate(self.compare):
-            if name not in ("suponly", "oracle"):
-                _bad(f"ucc.compare[{i}]", name, "'suponly' or 'oracle'")
+        _check_compare("ucc.compare", self.compare, ("suponly", "oracle"))
 
 
 @dataclass
@@ -311,9 +307,7 @@ class UniMatchConfig:
             _bad("unimatch.unlabeled_batch_size", self.unlabeled_batch_size, ">= 1")
         if not 0 <= self.cutmix_p <= 1:
             _bad("unimatch.cutmix_p", self.cutmix_p, "in [0, 1]")
-        for i, name in enumerate(self.compare):
-            if name not in ("suponly", "oracle"):
-                _bad(f"unimatch.compare[{i}]", name, "'suponly' or 'oracle'")
+        _check_compare("unimatch.compare", self.compare, ("suponly", "oracle"))
 
 
 @dataclass
@@ -350,6 +344,14 @@ class Config:
                  "data.image_size (a crop of the resized image has no native-size counterpart), or eval_at 'input'")
         if self.ray.num_cpus is not None and self.ray.num_cpus < 1:
             _bad("ray.num_cpus", self.ray.num_cpus, ">= 1")
+
+
+def _check_compare(key: str, names: list[str], allowed: tuple[str, ...]) -> None:
+    """Each name of a `compare` list among `allowed`; ConfigError naming the entry otherwise."""
+    for i, name in enumerate(names):
+        if name not in allowed:
+            quoted = [f"'{a}'" for a in allowed]
+            _bad(f"{key}[{i}]", name, ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0])
 
 
 def _bad(key: str, value: Any, expected: str) -> typing.NoReturn:

@@ -23,7 +23,6 @@ def remove_table(uri: str) -> None:
             fs.delete_dir(info.path)
 
 
-
 def commit_table(tmp: str, uri: str) -> None:
     """Rename the finished temporary directory onto the table's place (a rename: atomic on a local disk).
     On an object store the pass wrote in place (tmp == uri): nothing to do."""

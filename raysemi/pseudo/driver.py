@@ -57,7 +57,6 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-
 def describe_models(models: list[tuple[str, str]]) -> list[dict]:
     """[(stage, checkpoint path)] -> what the pass needs to know of each model (loads its bundle once)."""
     out = []
@@ -71,7 +70,6 @@ def describe_models(models: list[tuple[str, str]]) -> list[dict]:
                     "num_classes": int(bundle["num_classes"]), "dataset": bundle.get("dataset"),
                     "image_size": list(bundle["image_size"]) if bundle.get("image_size") else None})
     return out
-
 
 
 def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[Item], pc: PseudoConfig,
@@ -186,7 +184,6 @@ def _check_ranks_table(uri: str, described: list[dict], ids: list[str]) -> dict:
     return meta
 
 
-
 def _execute(job: PassJob, items: list[Item], tmp: str, pc: PseudoConfig) -> int:
     """The Ray Data pipeline; returns the number of rows written into `tmp`."""
     import ray
@@ -228,7 +225,6 @@ def _execute(job: PassJob, items: list[Item], tmp: str, pc: PseudoConfig) -> int
         pq.write_table(table_schema(job.write_weights).empty_table(), f"{tmp_path}/empty.parquet", filesystem=fs)
         return 0
     return data.count_rows()
-
 
 
 def user_error(exc: BaseException) -> DataError | None:

@@ -53,7 +53,6 @@ def table_schema(with_weight: bool = False) -> pa.Schema:
     return pa.schema(fields)
 
 
-
 def encode_map(array: np.ndarray) -> bytes:
     """Row-major bytes of a uint8 map, or little-endian bytes of a float16 map."""
     if array.dtype == np.float16:
@@ -81,11 +80,9 @@ def decode(row: dict) -> dict:
     return out
 
 
-
 def table_uri(run: RunDir, name: str) -> str:
     """Where the table of pass `name` lives in a run: RUN/pseudo/<name>/ (the one place that says so)."""
     return run.path("pseudo", name)
-
 
 
 def table_meta(uri: str) -> dict:
@@ -99,14 +96,12 @@ def table_meta(uri: str) -> dict:
                                    "the pass that wrote it did not finish; run it again") from None
 
 
-
 def is_complete(uri: str) -> bool:
     try:
         table_meta(uri)
         return True
     except IncompleteTableError:
         return False
-
 
 
 def table_dataset(uri: str) -> pads.Dataset:
@@ -117,13 +112,11 @@ def table_dataset(uri: str) -> pads.Dataset:
     return pads.dataset(path, format="parquet", filesystem=fs, ignore_prefixes=[".", "_"])
 
 
-
 def read_pseudo_table(uri: str, columns: list[str] | None = None, ids: list[str] | None = None) -> pa.Table:
     """The whole table (or some columns of it, or the rows of some ids) as one pyarrow Table. For
     the labels of a large set, stream with `iter_pseudo_batches` instead; `columns=["id",
     "reliability"]` is cheap, and so is a few `ids`."""
     return table_dataset(uri).to_table(columns=columns, filter=None if ids is None else pads.field("id").isin(ids))
-
 
 
 def iter_pseudo_batches(uri: str, columns: list[str] | None = None, batch_size: int = 16) -> Iterator[pa.RecordBatch]:
@@ -132,13 +125,11 @@ def iter_pseudo_batches(uri: str, columns: list[str] | None = None, batch_size: 
                                         fragment_readahead=1)
 
 
-
 def iter_pseudo_rows(uri: str, columns: list[str] | None = None, batch_size: int = 16) -> Iterator[dict]:
     """Stream decoded rows (see `decode`)."""
     for batch in iter_pseudo_batches(uri, columns, batch_size):
         for row in batch.to_pylist():
             yield decode(row)
-
 
 
 def results_table(ids: list[str], results: list[dict], source: str, schema: pa.Schema) -> pa.Table:
@@ -155,7 +146,6 @@ def results_table(ids: list[str], results: list[dict], source: str, schema: pa.S
         if "weight" in schema.names:
             cols["weight"].append(encode_map(res["weight"]) if "weight" in res else None)
     return pa.Table.from_pydict(cols, schema=schema)
-
 
 
 def ranks_files(uri: str) -> dict[str, str]:

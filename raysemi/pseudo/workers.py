@@ -67,10 +67,8 @@ class PassJob:
     ranks_from: str | None = None
 
 
-
 def source_name(models: list[dict]) -> str:
     return "+".join(f"{m['stage']}:{m['arch']}/{m['backbone']}" for m in models)
-
 
 
 class Labeler:
@@ -104,7 +102,6 @@ class Labeler:
                 res["rank"] = np.frombuffer(rank, dtype=np.uint8).reshape(res["label"].shape)
                 res["reliability"] = float(r)
         return results_table(ids, results, self.source, self.schema)
-
 
 
 def decode_images(batch: dict[str, np.ndarray], job: dict) -> dict[str, np.ndarray]:
@@ -152,13 +149,11 @@ def _read_ranks(uri: str, batch: dict) -> dict[str, tuple[bytes, float]]:
     return out
 
 
-
 def write_rejects(dir_uri: str, rejects: list[tuple[str, str]]) -> None:
     fs, path = storage.filesystem(dir_uri)
     fs.create_dir(path, recursive=True)
     text = "".join(f"{p}\t{' '.join(reason.split())}\n" for p, reason in rejects)
     storage.write_text(storage.join(dir_uri, f"{uuid.uuid4().hex}.tsv"), text)
-
 
 
 def read_rejects(dir_uri: str) -> list[tuple[str, str]]:
