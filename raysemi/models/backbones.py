@@ -13,24 +13,31 @@ input itself as its first operation (`TFLiteInput`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-import torchvision
 from torch import Tensor, nn
-from torchvision.models import WeightsEnum
 
 from raysemi.data.transforms import MEAN, STD
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 BACKBONES = ("resnet18", "resnet50", "resnet101", "efficientnet_lite0")
 OUTPUT_STRIDES = (8, 16)
 
-# ImageNet weights through torchvision's API; V1 is the classic checkpoint DeepLab/ST++ lines use.
-_RESNETS = {
-    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
-    "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
-}
+RESNETS = ("resnet18", "resnet50", "resnet101")
+
+
+def torchvision_resnet(name: str) -> tuple[Callable[..., nn.Module], WeightsEnum]:
+    """torchvision's builder of ResNet `name` and its ImageNet weights (V1: the classic checkpoint that
+    DeepLab and ST++ lines use). torchvision is imported here, not at the top: importing it loads
+    torch._dynamo, about 2 s of start-up that every Train worker and labeling actor building a Lite0
+    model would otherwise pay (benchmarks/fit_startup.py)."""
+    import torchvision.models as tvm
+
+    number = name.removeprefix("resnet")
+    return getattr(tvm, name), getattr(tvm, f"ResNet{number}_Weights").IMAGENET1K_V1
 
 
 class Features(NamedTuple):
@@ -61,9 +68,9 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, name: str, output_stride: int = 16, pretrained: bool = True) -> None:
         super().__init__()
-        check_choice("backbone", name, tuple(_RESNETS))
+        check_choice("backbone", name, RESNETS)
         check_choice("output_stride", output_stride, OUTPUT_STRIDES)
-        builder, weights = _RESNETS[name]
+        builder, weights = torchvision_resnet(name)
         # Which of layer2..layer4 trade their stride for dilation.
         dilate = [False, False, True] if output_stride == 16 else [False, True, True]
         basic = name == "resnet18"
