@@ -23,7 +23,7 @@ from pathlib import Path
 
 from raysemi.config import load_config
 from raysemi.pipelines.common import results_table
-from raysemi.pipelines.rwms import run_rwms
+from raysemi.pipelines.rwms import final_student, run_rwms
 from raysemi.rundir import RunDir
 
 CONFIG = "experiments/camvid/rwms.yaml"
@@ -54,10 +54,11 @@ def main() -> None:
 
     rows: list[tuple[str, dict, str]] = []  # (method, stage record, note)
     t0 = time.time()
-    main_results = run_rwms(load_config(CONFIG, args.set, args.data_root), RunDir(args.run))
+    main_cfg = load_config(CONFIG, args.set, args.data_root)
+    main_results = run_rwms(main_cfg, RunDir(args.run))
     rows += [("SupOnly", main_results["suponly"], "main run (T1)"),
              ("Baseline", main_results["baseline"], "main run"),
-             ("RWMS", main_results["rwms"], f"main run (S2), {(time.time() - t0) / 60:.1f} min")]
+             ("RWMS", main_results[final_student(main_cfg.rwms)], f"main run (S2), {(time.time() - t0) / 60:.1f} min")]
 
     def ablation(name: str) -> tuple[str, dict, str]:
         t1 = time.time()
@@ -65,7 +66,7 @@ def main() -> None:
         # SupOnly and Baseline come from the main run: the ablations train their students only
         cfg = load_config(f"experiments/camvid/ablations/{name}.yaml", [*args.set, "rwms.compare=[]"], args.data_root)
         results = run_rwms(cfg, run)
-        return name.replace("_", " "), results["rwms"], f"{(time.time() - t1) / 60:.1f} min"
+        return name.replace("_", " "), results[final_student(cfg.rwms)], f"{(time.time() - t1) / 60:.1f} min"
 
     with ThreadPoolExecutor(max(1, len(args.ablations))) as pool:  # side by side, one core each
         rows += list(pool.map(ablation, args.ablations))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from raysemi.config import Config, ModelConfig
+from raysemi.config import Config, ModelConfig, RWMSConfig
 from raysemi.data.items import Item
 from raysemi.data.splits import read_split_file
 from raysemi.pipelines.common import (
@@ -92,8 +92,8 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
     found = train_students(cfg, run, plan, table, u1, u2, beside=comparisons, two_lanes=bool(rw.compare))
     if "suponly" in rw.compare and suponly_is_t1:
         found["suponly"] = teachers["t1"]
-    results = {k: found[k] for k in ("suponly", "baseline", "s1", "rwms", "oracle") if k in found}
-    _print_table(teachers, results)
+    results = {k: found[k] for k in ("suponly", "baseline", "s1", "s2", "oracle") if k in found}
+    _print_table(teachers, results, rw.phases)
     from raysemi.report import write_report
 
     print(f"report: {write_report(run.root)}")
@@ -106,7 +106,8 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
     S2 on D_l + U1 + U2 (or, with rwms.phases 1, one student on all of U). `beside`, a function
     returning {stage: record}, trains beside S1 (the comparison stages). `callbacks` go to the
     students' trainers only (a Tune trial's reporter: the comparison stages must not feed its metric).
-    Returns {"s1", "rwms", ...}."""
+    Returns {stage: record}: "s1" and, with two phases, "s2" (`final_student` names RWMS's result),
+    beside `beside`'s."""
     rw = cfg.rwms
     student: ModelConfig = rw.student or cfg.teachers.t1
     scfg = student_config(cfg)
@@ -114,9 +115,9 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
 
     def first_student() -> dict[str, dict]:
         if rw.phases == 1:  # one-phase retraining: one student on all of U with the pair's weights
-            return {"rwms": train_stage(run, "s1", scfg, student, plan.labeled, plan, "rwms_student",
-                                        pseudo_spec(scfg, [(table, everything)], rw.reweight, rw.strong),
-                                        callbacks=callbacks)}
+            return {"s1": train_stage(run, "s1", scfg, student, plan.labeled, plan, "rwms_student",
+                                      pseudo_spec(scfg, [(table, everything)], rw.reweight, rw.strong),
+                                      callbacks=callbacks)}
         return {"s1": train_stage(run, "s1", scfg, student, plan.labeled, plan, "rwms_student",
                                   pseudo_spec(scfg, [(table, u1)], rw.reweight, rw.strong), callbacks=callbacks)}
 
@@ -127,7 +128,7 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
     if rw.phases == 2:  # S1's pass over U2, then S2 alone, with the cores of both lanes
         s1_pass = run_pass(run, "s1", [("s1", found["s1"]["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
                            expect={"dataset": cfg.data.dataset, "num_classes": plan.info.num_classes}, ranks_from=table)
-        found["rwms"] = train_stage(run, "s2", _with_both_lanes(scfg, two_lanes), student, plan.labeled, plan,
+        found["s2"] = train_stage(run, "s2", _with_both_lanes(scfg, two_lanes), student, plan.labeled, plan,
                                     "rwms_student",
                                     pseudo_spec(scfg, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong),
                                     callbacks=callbacks)
@@ -146,7 +147,13 @@ def _with_both_lanes(cfg: Config, two_lanes: bool) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cpus_per_worker=cpus))
 
 
-def _print_table(teachers: dict, results: dict) -> None:
-    names = {"suponly": "SupOnly", "baseline": "Baseline", "oracle": "Oracle", "s1": "RWMS S1", "rwms": "RWMS"}
+def final_student(rw: RWMSConfig) -> str:
+    """The stage that trains RWMS's final student: S2, or S1 with rwms.phases 1 (one-phase retraining)."""
+    return "s2" if rw.phases == 2 else "s1"
+
+
+def _print_table(teachers: dict, results: dict, phases: int) -> None:
+    names = {"suponly": "SupOnly", "baseline": "Baseline", "oracle": "Oracle", "s1": "RWMS S1" if phases == 2 else "RWMS",
+             "s2": "RWMS"}
     rows = {name.upper(): rec for name, rec in teachers.items()} | {names[k]: rec for k, rec in results.items()}
     print("\n" + results_table(rows))

@@ -30,7 +30,7 @@ from raysemi.figures import sweep_plot
 from raysemi.pipelines.common import check_items, plan_data, train_stage
 from raysemi.pipelines.pseudo import STAGE as PASS_STAGE
 from raysemi.pipelines.pseudo import run_pseudo
-from raysemi.pipelines.rwms import student_config, train_students, u1_and_u2
+from raysemi.pipelines.rwms import final_student, student_config, train_students, u1_and_u2
 from raysemi.pipelines.teachers import run_teachers
 from raysemi.pipelines.ucc import ucc_spec
 from raysemi.pseudo.split import split_by_reliability
@@ -170,7 +170,7 @@ def _students_on_shared_pass(cfg: Config, shared: RunDir, trial: RunDir, callbac
     plan = plan_data(cfg, trial)
     split = split_by_reliability(table, plan.unlabeled, plan.root, cfg.pseudo.rho, trial.path("splits"))
     u1, u2 = u1_and_u2(cfg, plan, {"split": split})
-    return train_students(cfg, trial, plan, table, u1, u2, callbacks=callbacks)["rwms"]
+    return train_students(cfg, trial, plan, table, u1, u2, callbacks=callbacks)[final_student(cfg.rwms)]
 
 
 def _rows(run: RunDir, grid, space: SweepSpace) -> list[dict]:
