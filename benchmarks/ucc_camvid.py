@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from raysemi.config import load_config
+from raysemi.config import UCCConfig, load_config
 from raysemi.pipelines.common import plan_data, results_table, train_stage
 from raysemi.pipelines.ucc import run_ucc
 from raysemi.ray_start import init_ray
@@ -41,7 +41,7 @@ def step_times(data_root: str | None, steps: int) -> tuple[float, float]:
     from raysemi.data.transforms import WeakAugment
     from raysemi.data.ucc_views import UnlabeledViews
     from raysemi.methods.losses import build_criterion
-    from raysemi.methods.ucc import UCCSettings, UCCStep
+    from raysemi.methods.ucc import UCCStep
     from raysemi.models import build_model
     from raysemi.pipelines.ucc import ucc_spec
     from raysemi.train.loop import build_optimizer
@@ -66,7 +66,7 @@ def step_times(data_root: str | None, steps: int) -> tuple[float, float]:
 
     sup, sup_opt = model_and_opt(cfg.model)
     ucc_model, ucc_opt = model_and_opt(cfg.ucc.model)
-    ucc = UCCStep(UCCSettings(**spec["settings"]), plan.info.num_classes, criterion)
+    ucc = UCCStep(UCCConfig(**spec["settings"]), plan.info.num_classes, criterion)
 
     def timed(fn, opt) -> float:
         t = time.perf_counter()

@@ -210,18 +210,19 @@ def _ucc_rank(rank: int, port: int, out: str) -> None:
     from it, then the next draws of the uninterrupted and of the restored stream."""
     import torch.distributed as dist
 
+    from raysemi.config import UCCConfig
     from raysemi.methods.losses import CrossEntropy
-    from raysemi.methods.ucc import UCCSettings, UCCStep
+    from raysemi.methods.ucc import UCCStep
     from raysemi.train.loop import _gathered
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    ucc = UCCStep(UCCSettings(), 3, CrossEntropy(), seed=7, rank=rank, world=2)
+    ucc = UCCStep(UCCConfig(), 3, CrossEntropy(), seed=7, rank=rank, world=2)
     ucc.rng.random(10)
     states = _gathered(ucc.state_dict(), 2)  # as the loop does before rank 0 writes state.pt
     if rank == 0:
         torch.save(states, f"{out}/states.pt")
     dist.barrier()
-    resumed = UCCStep(UCCSettings(), 3, CrossEntropy(), seed=7, rank=rank, world=2)
+    resumed = UCCStep(UCCConfig(), 3, CrossEntropy(), seed=7, rank=rank, world=2)
     resumed.restore(torch.load(f"{out}/states.pt", weights_only=True), rank)
     np.save(f"{out}/next{rank}.npy", np.stack([ucc.rng.random(4), resumed.rng.random(4)]))
     dist.destroy_process_group()

@@ -24,22 +24,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from raysemi.config import ConfigError
+from raysemi.config import ConfigError, UCCConfig
 from raysemi.data.copy_paste import ClassConfidence, dcscp_batch
 from raysemi.data.datasets import IGNORE_INDEX
 from raysemi.data.items import items_from_rows
 from raysemi.data.ucc_views import UnlabeledViews
 from raysemi.methods.step import Step, StepContext, shuffled_batches
 from raysemi.methods.ugrm import cross_supervision_loss
-
-COPY_PASTE = ("none", "cp", "dcp", "cscp", "dcscp")
-
 
 @contextmanager
 def dropout_off(model: nn.Module) -> Iterator[nn.Module]:
@@ -58,35 +54,19 @@ def dropout_off(model: nn.Module) -> Iterator[nn.Module]:
             m.train(mode)
 
 
-@dataclass
-class UCCSettings:
-    """The step's switches (raysemi.config.UCCConfig's values; see its docstring for the ablations)."""
+# The fields of raysemi.config.UCCConfig (their one definition and validation) that the step reads:
+# they travel to the workers as TrainJob.spec["settings"] and make up the UCC stage's fingerprint.
+STEP_SETTINGS = ("lam", "views", "ugrm", "ugrm_reading", "copy_paste", "paste_p", "paste_classes",
+                 "confidence_momentum", "lam_warmup")
 
-    lam: float = 2.0
-    views: str = "ws"
-    ugrm: bool = True
-    ugrm_reading: str = "text"
-    copy_paste: str = "dcscp"
-    paste_p: float = 0.5
-    paste_classes: int = 1
-    confidence_momentum: float = 0.999
-    lam_warmup: float = 0.0
 
-    def __post_init__(self) -> None:
-        if self.views not in ("ws", "w", "s"):
-            raise ValueError(f"views must be 'ws', 'w' or 's', got {self.views!r}")
-        if self.copy_paste not in COPY_PASTE:
-            raise ValueError(f"copy_paste must be one of {COPY_PASTE}, got {self.copy_paste!r}")
-        if not 0 <= self.lam_warmup < 1:
-            raise ValueError(f"lam_warmup must be in [0, 1), got {self.lam_warmup}")
-
-    def lam_at(self, progress: float) -> float:
-        """lam at a point of the schedule (progress in [0, 1]): the sigmoid ramp-up of Mean Teacher and
-        CCT, exp(-5 (1 - t)^2) with t = progress / lam_warmup, over the first lam_warmup of the
-        schedule; lam itself after it (and throughout when lam_warmup is 0, as in the paper)."""
-        if progress >= self.lam_warmup:
-            return self.lam
-        return self.lam * math.exp(-5.0 * (1.0 - progress / self.lam_warmup) ** 2)
+def lam_at(settings: UCCConfig, progress: float) -> float:
+    """lam at a point of the schedule (progress in [0, 1]): the sigmoid ramp-up of Mean Teacher and
+    CCT, exp(-5 (1 - t)^2) with t = progress / lam_warmup, over the first lam_warmup of the
+    schedule; lam itself after it (and throughout when lam_warmup is 0, as in the paper)."""
+    if progress >= settings.lam_warmup:
+        return settings.lam
+    return settings.lam * math.exp(-5.0 * (1.0 - progress / settings.lam_warmup) ** 2)
 
 
 class UCCStep(Step):
@@ -97,12 +77,13 @@ class UCCStep(Step):
     (`state_dict`), so a resumed run pastes as the uninterrupted one would.
 
     In a training job (`from_context`) the spec is TrainJob.spec from pipelines.ucc.ucc_spec:
-    {"settings": UCCSettings as a dict, "unlabeled": [[id, image, None]], "batch_size", "strong_max_ops"}.
+    {"settings": the STEP_SETTINGS of UCCConfig, "unlabeled": [[id, image, None]], "batch_size",
+    "strong_max_ops"}; a UCCConfig built elsewhere (tests, benchmarks) is used as it is.
     """
 
     state_key = "ucc"  # the checkpoint's key for every rank's state
 
-    def __init__(self, settings: UCCSettings, num_classes: int, criterion: nn.Module, seed: int = 0,
+    def __init__(self, settings: UCCConfig, num_classes: int, criterion: nn.Module, seed: int = 0,
                  rank: int = 0, world: int = 1):
         self.s = settings
         self.criterion = criterion
@@ -115,7 +96,7 @@ class UCCStep(Step):
 
     @classmethod
     def from_context(cls, ctx: StepContext) -> UCCStep:
-        step = cls(UCCSettings(**ctx.spec["settings"]), ctx.num_classes, ctx.criterion, ctx.seed, ctx.rank, ctx.world)
+        step = cls(UCCConfig(**ctx.spec["settings"]), ctx.num_classes, ctx.criterion, ctx.seed, ctx.rank, ctx.world)
         step.ctx = ctx
         return step
 
@@ -190,7 +171,7 @@ class UCCStep(Step):
                                                reading=s.ugrm_reading, pasted_labels=pasted)
         if self.dynamic:
             self._update_confidence(out1.detach(), out2.detach(), mask)
-        return loss_s + s.lam_at(progress) * loss_u, loss_u, stats
+        return loss_s + lam_at(s, progress) * loss_u, loss_u, stats
 
     def _update_confidence(self, logits1: Tensor, logits2: Tensor, mask: Tensor) -> None:
         probs = (logits1.float().softmax(1) + logits2.float().softmax(1)) / 2  # the heads' ensemble

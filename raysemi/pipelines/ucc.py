@@ -6,11 +6,9 @@ a rerun skips it when it finished and resumes it from its last checkpoint when i
 """
 from __future__ import annotations
 
-import dataclasses
-
 from raysemi.config import Config
 from raysemi.data.items import DataError
-from raysemi.methods.ucc import UCCSettings
+from raysemi.methods.ucc import STEP_SETTINGS
 from raysemi.pipelines.common import (DataPlan, as_rows, check_items, plan_data, results_table, side_by_side,
                                       train_oracle, train_stage)
 from raysemi.ray_start import init_ray
@@ -24,7 +22,7 @@ def ucc_spec(cfg: Config, plan: DataPlan) -> dict:
     batch size."""
 
     uc = cfg.ucc
-    settings = {f.name: getattr(uc, f.name) for f in dataclasses.fields(UCCSettings)}
+    settings = {name: getattr(uc, name) for name in STEP_SETTINGS}
     return {"settings": settings, "unlabeled": as_rows(plan.unlabeled),
             "batch_size": uc.unlabeled_batch_size or cfg.train.batch_size, "strong_max_ops": uc.strong_max_ops}
 
@@ -34,7 +32,6 @@ def run_ucc(cfg: Config, run: RunDir) -> dict[str, dict]:
     plan = plan_data(cfg, run)
     check_items(plan.labeled + plan.val)
     if not plan.unlabeled:
-
         raise DataError("UCC needs unlabeled images: the split left none (data.labeled_fraction is 1?)")
     init_ray(cfg.ray)
     jobs = {"ucc": lambda: train_stage(run, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, "ucc", ucc_spec(cfg, plan))}

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raysemi.config import ConfigError, UCCConfig, load_config
 from raysemi.methods.losses import CrossEntropy
-from raysemi.methods.ucc import UCCSettings, UCCStep, dropout_off
+from raysemi.methods.ucc import UCCStep, dropout_off, lam_at
 from raysemi.methods.ugrm import cross_supervision_loss
 
 C = 3
@@ -46,7 +47,7 @@ def batches(seed=0, n_l=2, n_u=2, size=4):
 
 
 def step(**settings) -> UCCStep:
-    return UCCStep(UCCSettings(**{"copy_paste": "none", **settings}), C, CrossEntropy())
+    return UCCStep(UCCConfig(**{"copy_paste": "none", **settings}), C, CrossEntropy())
 
 
 def test_weak_to_strong_each_head_sees_its_own_strong_view():
@@ -103,7 +104,7 @@ def test_pasted_pixels_reach_the_strong_views_with_their_ground_truth():
     mask[:] = 1
     mask[0, :2, :2] = 2
     model = ToyCrossHead()
-    ucc = UCCStep(UCCSettings(copy_paste="cscp", paste_p=1.0), C, CrossEntropy(), seed=0)
+    ucc = UCCStep(UCCConfig(copy_paste="cscp", paste_p=1.0), C, CrossEntropy(), seed=0)
     ucc(model, image, mask, u)
     x = model.inputs[-1]  # [strong 1, strong 2]
     # whichever class was drawn, its pixels (by the labeled mask) now hold the labeled image on both views
@@ -122,7 +123,7 @@ def test_copy_paste_variants_paste_where_they_should_and_only_dynamic_ones_learn
     for variant, cross_set, dynamic in (("cp", False, False), ("dcp", False, True), ("cscp", True, False),
                                         ("dcscp", True, True)):
         model = ToyCrossHead()
-        ucc = UCCStep(UCCSettings(copy_paste=variant, paste_p=1.0), C, CrossEntropy())
+        ucc = UCCStep(UCCConfig(copy_paste=variant, paste_p=1.0), C, CrossEntropy())
         before = ucc.confidence.sigma.copy()
         ucc(model, image, mask, u)
         x = model.inputs[-1]
@@ -133,10 +134,10 @@ def test_copy_paste_variants_paste_where_they_should_and_only_dynamic_ones_learn
 
 def test_the_dcscp_state_round_trips_through_a_checkpoint():
     image, mask, u = batches(6)
-    a = UCCStep(UCCSettings(copy_paste="dcscp", paste_p=0.5), C, CrossEntropy(), seed=3)
+    a = UCCStep(UCCConfig(copy_paste="dcscp", paste_p=0.5), C, CrossEntropy(), seed=3)
     for _ in range(3):
         a(ToyCrossHead(), image, mask, u)
-    b = UCCStep(UCCSettings(copy_paste="dcscp", paste_p=0.5), C, CrossEntropy(), seed=99)
+    b = UCCStep(UCCConfig(copy_paste="dcscp", paste_p=0.5), C, CrossEntropy(), seed=99)
     b.load_state_dict(a.state_dict())
     np.testing.assert_array_equal(a.confidence.sigma, b.confidence.sigma)
     ma, mb = ToyCrossHead(), ToyCrossHead()
@@ -213,10 +214,13 @@ def test_dropout_off_reaches_the_module_inside_ddp(tmp_path):
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(ValueError, match="views"):
-        UCCSettings(views="sw")
-    with pytest.raises(ValueError, match="copy_paste"):
-        UCCSettings(copy_paste="mix")
+    """The step's settings are UCCConfig's: checked once, where the config is read, by key."""
+    with pytest.raises(ConfigError, match="ucc.views"):
+        load_config(None, ["ucc.views=sw"])
+    with pytest.raises(ConfigError, match="ucc.copy_paste"):
+        load_config(None, ["ucc.copy_paste=mix"])
+    with pytest.raises(ConfigError, match="ucc.lam_warmup"):
+        load_config(None, ["ucc.lam_warmup=1.0"])
 
 
 def _rank_step(rank: int, port: int, out: str) -> None:
@@ -224,7 +228,7 @@ def _rank_step(rank: int, port: int, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     image, mask, u = batches(10 + rank)  # each rank its own labeled batch
-    ucc = UCCStep(UCCSettings(copy_paste="dcscp", paste_p=0.0, confidence_momentum=0.5), C, CrossEntropy(),
+    ucc = UCCStep(UCCConfig(copy_paste="dcscp", paste_p=0.0, confidence_momentum=0.5), C, CrossEntropy(),
                   rank=rank, world=2)
     ucc(ToyCrossHead(), image, mask, u)
     torch.save(ucc.confidence.sigma, f"{out}/sigma{rank}.pt")
@@ -245,26 +249,26 @@ def test_ranks_keep_one_class_confidence_the_mean_over_all_their_pixels(tmp_path
     sigma0, sigma1 = (torch.load(tmp_path / f"sigma{r}.pt", weights_only=False) for r in (0, 1))
     np.testing.assert_array_equal(sigma0, sigma1)
     # the same update in one process over both ranks' labeled pixels (paste_p 0: nothing pasted)
-    single = UCCStep(UCCSettings(copy_paste="dcscp", paste_p=0.0, confidence_momentum=0.5), C, CrossEntropy())
+    single = UCCStep(UCCConfig(copy_paste="dcscp", paste_p=0.0, confidence_momentum=0.5), C, CrossEntropy())
     (img0, mask0, _), (img1, mask1, _) = batches(10), batches(11)
     probs = torch.cat([(F.softmax(1.0 * img0, 1) + F.softmax(2.0 * img0, 1)) / 2,
                        (F.softmax(1.0 * img1, 1) + F.softmax(2.0 * img1, 1)) / 2])
     single.confidence.update(probs, torch.cat([mask0, mask1]))
     np.testing.assert_allclose(sigma0, single.confidence.sigma, rtol=1e-12)
-    alone = UCCStep(UCCSettings(copy_paste="dcscp", paste_p=0.0, confidence_momentum=0.5), C, CrossEntropy())
+    alone = UCCStep(UCCConfig(copy_paste="dcscp", paste_p=0.0, confidence_momentum=0.5), C, CrossEntropy())
     alone.confidence.update((F.softmax(1.0 * img0, 1) + F.softmax(2.0 * img0, 1)) / 2, mask0)
     assert not np.allclose(sigma0, alone.confidence.sigma), "rank 0 alone would have another sigma"
 
 
 def test_lam_warms_up_along_a_sigmoid_then_stays():
-    s = UCCSettings(lam=2.0, lam_warmup=0.5)
-    assert s.lam_at(0.0) == pytest.approx(2.0 * np.exp(-5.0))
-    assert s.lam_at(0.25) == pytest.approx(2.0 * np.exp(-5.0 * 0.25))  # t = 0.5: exp(-5 * 0.5^2)
-    assert s.lam_at(0.5) == 2.0 and s.lam_at(0.9) == 2.0
-    assert UCCSettings(lam=2.0).lam_at(0.0) == 2.0, "no warm-up: the paper's constant lam"
+    s = UCCConfig(lam=2.0, lam_warmup=0.5)
+    assert lam_at(s, 0.0) == pytest.approx(2.0 * np.exp(-5.0))
+    assert lam_at(s, 0.25) == pytest.approx(2.0 * np.exp(-5.0 * 0.25))  # t = 0.5: exp(-5 * 0.5^2)
+    assert lam_at(s, 0.5) == 2.0 and lam_at(s, 0.9) == 2.0
+    assert lam_at(UCCConfig(lam=2.0), 0.0) == 2.0, "no warm-up: the paper's constant lam"
     image, mask, u = batches(7)
-    early, _, _ = UCCStep(UCCSettings(copy_paste="none", lam_warmup=0.5), C, CrossEntropy())(
+    early, _, _ = UCCStep(UCCConfig(copy_paste="none", lam_warmup=0.5), C, CrossEntropy())(
         ToyCrossHead(), image, mask, u, progress=0.0)
-    late, loss_u, _ = UCCStep(UCCSettings(copy_paste="none", lam_warmup=0.5), C, CrossEntropy())(
+    late, loss_u, _ = UCCStep(UCCConfig(copy_paste="none", lam_warmup=0.5), C, CrossEntropy())(
         ToyCrossHead(), image, mask, u, progress=0.6)
     assert late.item() - early.item() == pytest.approx((2.0 - 2.0 * np.exp(-5.0)) * loss_u.item(), rel=1e-5)
