@@ -15,6 +15,9 @@ CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
 # before fit() returns (measured: a trivial fit 12.6 s at 2 s, 7.9 s at 0.2 s). Tests run dozens of
 # short fits; every Ray they start (in this process or a subprocess) inherits this.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Ray Train starts a preemption watcher actor (one more Python process) for every run; it only logs
+# spot-node drains, which a test machine never has.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,12 @@ from raysemi.train.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 RAYSEMI = [sys.executable, "-m", "raysemi.cli"]
-# scored at the model's input size: a smoke evaluation at CamVid's 360x480 (202 masks) costs more than its
-# training; native-size scoring on Ray is tested by test_study, in the plain loop by test_protocol
-FAST = ["train.eval_at=input"]
+# The smoke configs at half their 64x80 and scored at that input size: what these tests check is the
+# pipeline (reuse, resume, the pass, the sweep), and what they cost is mostly the models' forward over
+# 202 evaluation images a report and 233 unlabeled ones a pass. Native-size scoring on Ray is tested by
+# test_study, in the plain loop by test_protocol.
+FAST = ["train.eval_at=input", "data.image_size=[32,40]", "data.crop_size=[32,40]"]
+FAST_ARGS = [a for item in FAST for a in ("--set", item)]  # the same on a command line
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,7 @@ def test_rerun_skips_finished_teachers(teachers_run, capsys):
 def test_eval_and_predict_commands(teachers_run, camvid_root, tmp_path, capsys):
     _, run, records = teachers_run
     assert main(["eval", "--checkpoint", "t1", "--run", str(run.root), "--data-root", str(camvid_root),
-                 "--set", *FAST]) == 0
+                 *FAST_ARGS]) == 0
     result = json.loads(Path(run.path("eval", "t1-val.json")).read_text())
     assert result["images"] == 101
     assert result["miou"] == pytest.approx(records["t1"]["val_miou"], abs=1e-6)  # the same score as in training
@@ -110,7 +113,7 @@ def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
     unreliable = Path(run.path("splits", "unreliable.txt")).read_text().split("\n")
     assert len([x for x in reliable if x]) == 117 and len([x for x in unreliable if x]) == 116  # 233 * 0.5 rounds up
     row = next(iter_pseudo_rows(table_uri(run, "teachers")))
-    assert row["label"].shape == (64, 80) and row["label"].max() < 11
+    assert row["label"].shape == (32, 40) and row["label"].max() < 11
     assert 1 <= row["rank"].min() and row["rank"].max() <= 11
     for name in ("reliability_hist.png", "weight_maps.png"):  # RWMS Fig. 4 and Fig. 5
         assert Path(run.path("figures", name)).is_file() and Path(run.path("figures", name)).stat().st_size > 1000
@@ -125,7 +128,7 @@ def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_ro
 
     _, run, _ = teachers_run
     cmd = RAYSEMI + ["rwms", "--config", str(REPO / "experiments/smoke/rwms.yaml"), "--run", run.root,
-                     "--data-root", str(camvid_root), "--set", *FAST]
+                     "--data-root", str(camvid_root), *FAST_ARGS]
     env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS"}  # the command sets it itself
     metrics_csv = Path(run.path("s1", "metrics.csv"))
     first = kill_after_first_checkpoint(cmd, metrics_csv)  # S1's first checkpoint (epoch 1 of 2)
@@ -174,10 +177,10 @@ def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_ro
 
 
 def test_sweep_reuses_the_teachers_and_asha_stops_the_diverging_trials(teachers_run, camvid_root, tmp_path, capsys):
-    """`raysemi tune` on the run that holds the smoke teachers and pass: 4 one-phase trials of 6 epochs
+    """`raysemi tune` on the run that holds the smoke teachers and pass: 4 one-phase trials of 4 epochs
     (lam 1 and 1e4 x rho 0.3 and 0.7), two at a time. lam 1e4 makes SGD diverge; those two trials start
     after the lam-1 ones (the grid's first key varies slowest), so at the rung of the second report
-    they meet the lam-1 trials' values and ASHA stops them there, with 4 of 6 epochs to go (Tune's
+    they meet the lam-1 trials' values and ASHA stops them there, with 2 of 4 epochs to go (Tune's
     decision takes a moment to reach a trial; a trial about to end may finish first). At the first
     report every student is still near a one-class guess, hence grace_period 2. The teachers and
     their pass are not trained again; no reservation is left behind; a rerun answers from the results."""
@@ -188,8 +191,8 @@ def test_sweep_reuses_the_teachers_and_asha_stops_the_diverging_trials(teachers_
     from raysemi.sweep_space import load_space
 
     _, run, _ = teachers_run
-    cfg = load_config(REPO / "experiments/smoke/rwms.yaml", ["rwms.phases=1", "rwms.compare=[]", "rwms.iterations=48", *FAST],
-                      str(camvid_root))  # 33 labeled / batch 4: 8 steps an epoch, 6 epochs
+    cfg = load_config(REPO / "experiments/smoke/rwms.yaml", ["rwms.phases=1", "rwms.compare=[]", "rwms.iterations=32", *FAST],
+                      str(camvid_root))  # 33 labeled / batch 4: 8 steps an epoch, 4 epochs
     space_file = tmp_path / "space.yaml"
     space_file.write_text("method: rwms\nmax_concurrent_trials: 2\nasha: {grace_period: 2, reduction_factor: 2}\n"
                           "params:\n  rwms.lam: {grid: [1.0, 1.0e4]}\n  pseudo.rho: {grid: [0.3, 0.7]}\n")
@@ -200,8 +203,8 @@ def test_sweep_reuses_the_teachers_and_asha_stops_the_diverging_trials(teachers_
     assert len(rows) == 4
     good = [r for r in rows if r["rwms.lam"] == 1.0]
     diverged = [r for r in rows if r["rwms.lam"] == 1.0e4]
-    assert [(r["status"], r["reports"]) for r in good] == [("completed", 6)] * 2, rows
-    assert [r["status"] for r in diverged] == ["stopped by ASHA"] * 2 and all(2 <= r["reports"] < 6 for r in diverged), rows
+    assert [(r["status"], r["reports"]) for r in good] == [("completed", 4)] * 2, rows
+    assert [r["status"] for r in diverged] == ["stopped by ASHA"] * 2 and all(2 <= r["reports"] < 4 for r in diverged), rows
     assert rows[0] in good and min(r["val_miou"] for r in good) > max(r["val_miou"] for r in diverged)
     # the shared stages were reused: not retrained, and no trial has teachers or a teacher pass
     assert {s: run.stage(s)["ended"] for s in shared} == shared

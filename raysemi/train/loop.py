@@ -217,7 +217,6 @@ def train_loop_per_worker(job_dict: dict) -> None:
     """Entry point of every Ray Train worker."""
     job = TrainJob(**job_dict)
     if not job.ray_logs:
-
         quiet_ray_train_reports()
     _train(job)
 
