@@ -22,10 +22,10 @@ from raysemi.train.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 RAYSEMI = [sys.executable, "-m", "raysemi.cli"]
-# The smoke configs at half their 64x80 and scored at that input size: what these tests check is the
-# pipeline (reuse, resume, the pass, the sweep), and what they cost is mostly the models' forward over
-# 202 evaluation images a report and 233 unlabeled ones a pass. Native-size scoring on Ray is tested by
-# test_study, in the plain loop by test_protocol.
+# The smoke configs at half their 64x80, scored at that input size: these tests check the pipeline
+# (reuse, resume, the pass, the sweep), not the models. Measured, the smaller inputs save little: each
+# stage's ~20 s of Ray Train start-up dominates (docs/development.md). Native-size scoring on Ray is
+# tested by test_study, in the plain loop by test_protocol.
 FAST = ["train.eval_at=input", "data.image_size=[32,40]", "data.crop_size=[32,40]"]
 FAST_ARGS = [a for item in FAST for a in ("--set", item)]  # the same on a command line
 

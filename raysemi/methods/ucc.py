@@ -37,6 +37,7 @@ from raysemi.data.ucc_views import UnlabeledViews
 from raysemi.methods.step import Step, StepContext, shuffled_batches
 from raysemi.methods.ugrm import cross_supervision_loss
 
+
 @contextmanager
 def dropout_off(model: nn.Module) -> Iterator[nn.Module]:
     """Every dropout module of `model` in eval mode for the block, every other module (BatchNorm)

@@ -129,9 +129,9 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
         s1_pass = run_pass(run, "s1", [("s1", found["s1"]["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
                            expect={"dataset": cfg.data.dataset, "num_classes": plan.info.num_classes}, ranks_from=table)
         found["s2"] = train_stage(run, "s2", _with_both_lanes(scfg, two_lanes), student, plan.labeled, plan,
-                                    "rwms_student",
-                                    pseudo_spec(scfg, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong),
-                                    callbacks=callbacks)
+                                  "rwms_student",
+                                  pseudo_spec(scfg, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong),
+                                  callbacks=callbacks)
     return found
 
 
