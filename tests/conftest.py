@@ -35,13 +35,18 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray per test module: ray.init costs seconds, so modules share it.
+    """One local Ray per test module: ray.init costs seconds, so a module's tests and the commands they start share it.
     Logical CPUs exceed the 2 physical cores so that two 1-CPU Train runs and their helpers fit."""
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(num_cpus=4, log_to_driver=True)
+    # commands the module's tests start as processes join this Ray instead of starting their own: a
+    # start less each, and one Ray on the machine (Train's placement-group cleaner, finding two local
+    # instances, cannot tell which is its own)
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     yield ray
+    os.environ.pop("RAY_ADDRESS", None)
     ray.shutdown()
 
 

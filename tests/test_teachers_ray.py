@@ -122,31 +122,36 @@ def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
 
 def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_root, capsys, kill_after_first_checkpoint):
     """`raysemi rwms` with the smoke config on the run that holds the smoke teachers and pass: they are
-    reused; SIGKILL during S1 after its first checkpoint; the same command resumes S1 from it and
-    runs every later stage; a third run skips every stage."""
+    reused; SIGKILL during S2, the last stage, after its first checkpoint; the same command resumes S2
+    from it; a third run skips every stage. (Killed in the last stage, the students before it run once.)"""
     from raysemi.pseudo.table import read_pseudo_table, table_meta
 
     _, run, _ = teachers_run
     cmd = RAYSEMI + ["rwms", "--config", str(REPO / "experiments/smoke/rwms.yaml"), "--run", run.root,
                      "--data-root", str(camvid_root), *FAST_ARGS]
     env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS"}  # the command sets it itself
-    metrics_csv = Path(run.path("s1", "metrics.csv"))
-    first = kill_after_first_checkpoint(cmd, metrics_csv)  # S1's first checkpoint (epoch 1 of 2)
+    metrics_csv = Path(run.path("s2", "metrics.csv"))
+    first = kill_after_first_checkpoint(cmd, metrics_csv)  # S2's first checkpoint (epoch 1 of 2)
     # the pipeline's 7 stages: t1 t2 pseudo_teachers baseline s1 pseudo_s1 s2 (SupOnly is T1)
     for k, stage in enumerate(("t1", "t2", "pseudo_teachers"), 1):
         assert f"[{stage}] stage {k}/7 already done with these inputs" in first, first[-3000:]
-    assert run.stage("s1")["status"] == "running"
+    assert run.stage("s2")["status"] == "running"
 
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
-    assert "[s1] resumed from the checkpoint of epoch 1" in log, log[-3000:]
+    assert "[s2] resumed from the checkpoint of epoch 1" in log, log[-3000:]
+    # the command joined the module's Ray (RAY_ADDRESS, as under `ray job submit`), not a Ray of its own
+    assert "Connected to Ray cluster." in log and "Started a local Ray instance" not in log, log[:3000]
+    for k, stage in enumerate(("t1", "t2", "pseudo_teachers", "baseline", "s1", "pseudo_s1"), 1):
+        assert f"[{stage}] stage {k}/7 already done with these inputs" in log, stage
     # one line per event: stage start and end with its position; Ray Train's per-report and
     # per-checkpoint lines are off (--verbose brings them back), the two lanes' lines are not folded
-    for k, stage in ((4, "baseline"), (5, "s1"), (6, "pseudo_s1"), (7, "s2")):
-        assert f"[{stage}] stage {k}/7 started" in log and re.search(rf"\[{stage}\] stage {k}/7 done in \d+m\d\ds", log), stage
+    for k, stage in ((4, "baseline"), (5, "s1"), (6, "pseudo_s1")):
+        assert f"[{stage}] stage {k}/7 started" in first and re.search(rf"\[{stage}\] stage {k}/7 done in \d+m\d\ds", first), stage
+    assert "[s2] stage 7/7 started" in log and re.search(r"\[s2\] stage 7/7 done in \d+m\d\ds", log)
     for noise in ("Reporting training result", "Checkpoint successfully created", "repeated"):
-        assert noise not in log, noise
+        assert noise not in first and noise not in log, noise
     # what the console showed, in the run directory, without Ray's colour codes
     saved = sorted(Path(run.path("logs")).glob("rwms-*.log"))
     assert len(saved) >= 2, saved  # the killed command's and this one's

@@ -93,7 +93,8 @@ def run_tune(cfg: Config, space: SweepSpace, run: RunDir) -> list[dict]:
         run_teachers(cfg, run, plan)
         run_pseudo(cfg, run, plan=plan)
     limit = concurrency(cfg, space)
-    print(f"[{STAGE}] {space.trials()} trials of {space.method}, at most {limit} at once "
+    n = space.trials()
+    print(f"[{STAGE}] {n} trial{'s' if n != 1 else ''} of {space.method}, at most {limit} at once "
           f"(one trial holds {trial_resources(cfg, space)})")
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=to_dict(cfg), root=run.root, method=space.method, reuse=space.reuse),
