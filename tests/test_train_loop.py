@@ -147,7 +147,7 @@ def test_unimatch_loop_trains_and_resumes(synthetic_root, tmp_path):
     run = RunDir(tmp_path / "run")
     plan = plan_data(cfg, run)
     spec = unimatch_spec(cfg, plan)
-    assert len(spec["unlabeled"]) == 12 and spec["batch_size"] == 2 and spec["conf_thresh"] == 0
+    assert len(spec["unlabeled"]) == 12 and spec["batch_size"] == 2 and spec["settings"] == {"conf_thresh": 0.0, "cutmix_p": 0.5}
     job = make_job(run, "unimatch", cfg, cfg.model, plan.labeled, plan, "unimatch", spec)
     first = run_plain(replace(job, train={**job.train, "epochs": 2}))
     metrics = run_plain(job)

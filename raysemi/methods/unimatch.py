@@ -22,8 +22,8 @@ loader over the same images: the same distribution); the boxes are drawn from (s
 so a resumed run mixes as the uninterrupted one would; the strong views are ST++'s photometric
 augmentation (colour jitter p 0.8, grayscale p 0.2, blur p 0.5), UniMatch's own.
 
-The spec (TrainJob.spec, from pipelines.unimatch.unimatch_spec): {"conf_thresh", "cutmix_p",
-"unlabeled": [[id, image, None]], "batch_size"}.
+The spec (TrainJob.spec, from pipelines.unimatch.unimatch_spec): {"settings": the STEP_SETTINGS of
+UniMatchConfig, "unlabeled": [[id, image, None]], "batch_size"}.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raysemi.config import ConfigError
+from raysemi.config import ConfigError, UniMatchConfig
 from raysemi.data.cutmix import cutmix_box
 from raysemi.data.items import items_from_rows
 from raysemi.data.transforms import StrongPhotometricRWMS
@@ -40,6 +40,9 @@ from raysemi.data.ucc_views import UnlabeledViews
 from raysemi.methods.step import Step, StepContext, shuffled_batches
 
 WEIGHTS = {"s1": 0.25, "s2": 0.25, "fp": 0.5}  # of the unlabeled terms; the sum with L_x is halved
+# The fields of raysemi.config.UniMatchConfig (their one definition and validation) that the step reads:
+# they travel to the workers as TrainJob.spec["settings"] and make up the stage's fingerprint.
+STEP_SETTINGS = ("conf_thresh", "cutmix_p")
 
 
 def box_masks(n: int, height: int, width: int, p: float, rng: np.random.Generator) -> Tensor:
@@ -63,7 +66,8 @@ class UniMatchStep(Step):
     def __init__(self, ctx: StepContext):
         self.ctx, self.spec = ctx, ctx.spec
         self.criterion = ctx.criterion
-        self.thresh, self.cutmix_p = float(self.spec["conf_thresh"]), float(self.spec["cutmix_p"])
+        self.s = UniMatchConfig(**self.spec["settings"])
+        self.thresh, self.cutmix_p = self.s.conf_thresh, self.s.cutmix_p
 
     @staticmethod
     def check_spec(spec: dict, stage: str, workers: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from raysemi.config import Config, ConfigError
 from raysemi.data.items import DataError
+from raysemi.methods.unimatch import STEP_SETTINGS
 from raysemi.models.heads import HEADS
 from raysemi.pipelines.common import (DataPlan, as_rows, check_items, plan_data, results_table, side_by_side,
                                       train_oracle, train_stage)
@@ -20,7 +21,7 @@ NAMES = {"suponly": "SupOnly", "unimatch": "UniMatch", "oracle": "Oracle"}
 def unimatch_spec(cfg: Config, plan: DataPlan) -> dict:
     """UniMatch's TrainJob.spec (methods/unimatch.py)."""
     um = cfg.unimatch
-    return {"conf_thresh": um.conf_thresh, "cutmix_p": um.cutmix_p, "unlabeled": as_rows(plan.unlabeled),
+    return {"settings": {k: getattr(um, k) for k in STEP_SETTINGS}, "unlabeled": as_rows(plan.unlabeled),
             "batch_size": um.unlabeled_batch_size or cfg.train.batch_size}
 
 

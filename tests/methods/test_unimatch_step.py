@@ -32,7 +32,7 @@ class Toy(nn.Module):
 
 
 def context(thresh=0.95, cutmix_p=0.0, seed=0):
-    spec = {"conf_thresh": thresh, "cutmix_p": cutmix_p, "unlabeled": [], "batch_size": 2}
+    spec = {"settings": {"conf_thresh": thresh, "cutmix_p": cutmix_p}, "unlabeled": [], "batch_size": 2}
     return StepContext(stage="unimatch", spec=spec, criterion=CrossEntropy(), num_classes=2, info=None,
                        crop_size=(H, W), scale=(1.0, 1.0), image_size=None, loader_workers=0, seed=seed, rank=0, world=1)
 
