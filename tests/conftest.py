@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,16 +51,33 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture
-def ray_tmpdir(monkeypatch):
-    """A short private RAY_TMPDIR (Ray's socket paths must stay short), removed afterwards: a
-    `ray.cluster_utils.Cluster` writes its head's address there, and a plain `ray.init()` elsewhere
+@contextmanager
+def private_ray_tmpdir():
+    """A short private RAY_TMPDIR (Ray's socket paths must stay short) for the block, removed afterwards:
+    a `ray.cluster_utils.Cluster` writes its head's address there, and a plain `ray.init()` elsewhere
     on this machine must not find it."""
     path = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", path)
-    monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", path)
+        env.setenv("RAY_DEDUP_LOGS", "0")
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_tmpdir():
+    """A private RAY_TMPDIR for one test."""
+    with private_ray_tmpdir() as path:
+        yield path
+
+
+@pytest.fixture(scope="module")
+def ray_tmpdir_module():
+    """A private RAY_TMPDIR for a module (one cluster its tests share)."""
+    with private_ray_tmpdir() as path:
+        yield path
 
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -50,26 +48,21 @@ def rwms_config(folder: Path, data_root, **train):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(ray_tmpdir_module):
     """A head without CPUs and two worker nodes of 3 CPUs and one "accel" each; the driver connected.
     Yields the cluster and its worker nodes' ids."""
     import ray
     from ray.cluster_utils import Cluster
 
-    tmp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths live under it
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_TMPDIR", tmp)
-        env.setenv("RAY_DEDUP_LOGS", "0")
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-        try:
-            nodes = [cluster.add_node(num_cpus=3, resources={"accel": 1}).node_id for _ in range(2)]
-            cluster.wait_for_nodes()
-            ray.init(address=cluster.address)
-            yield cluster, nodes
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
-            shutil.rmtree(tmp, ignore_errors=True)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        nodes = [cluster.add_node(num_cpus=3, resources={"accel": 1}).node_id for _ in range(2)]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        yield cluster, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def file_ids(uri: str) -> list[list[str]]:
@@ -84,28 +77,14 @@ def rows(uri: str) -> list[dict]:
     return sorted((decode(r) for r in pq.read_table(uri).to_pylist()), key=lambda r: r["id"])
 
 
-def one_process_miou(checkpoint: str, items) -> float:
-    """A checkpoint's val mIoU in this process, on one thread as the training worker (the same sums)."""
-    import torch
-
-    from raysemi.data.datasets import SegmentationDataset, folder_info
-    from raysemi.evaluate import evaluate
-    from raysemi.methods.metrics import mean_iou
-    from raysemi.train.checkpoint import load_model
-
-    torch.set_num_threads(1)
-    model, bundle = load_model(checkpoint)
-    ds = SegmentationDataset(items, folder_info(3), bundle.get("image_size"), native_masks=True)
-    return float(mean_iou(evaluate(model, ds, 3)))
-
-
 def test_rwms_on_two_nodes_places_the_teachers_apart_and_equals_one_process(cluster, synthetic_root, tmp_path):
     """The whole pipeline on the cluster; then, in this process and without Ray, the teachers' scores
     and the pass's labels, ranks and reliability recomputed from the checkpoints the cluster wrote."""
-    import ray
+    import torch
     from PIL import Image
 
     from raysemi.data.splits import read_split_file
+    from raysemi.inference import evaluate_checkpoint
     from raysemi.pipelines.rwms import run_rwms
     from raysemi.pseudo.workers import label_images
     from raysemi.train.checkpoint import load_model
@@ -124,9 +103,10 @@ def test_rwms_on_two_nodes_places_the_teachers_apart_and_equals_one_process(clus
     assert {a["Address"]["NodeID"] for a in actors if a["ActorClassName"] == WORKER_ACTOR} <= set(workers)
     assert all(stages[s]["status"] == "done" for s in ("t1", "t2", "pseudo_teachers", "s1"))
 
-    val = read_split_file(many.path("splits", "val.txt"), str(synthetic_root))
-    for stage in ("t1", "t2", "s1"):
-        assert one_process_miou(stages[stage]["checkpoint"], val) == pytest.approx(stages[stage]["val_miou"], abs=1e-4), stage
+    torch.set_num_threads(1)  # as the training workers: the same float sums
+    for stage in ("t1", "t2", "s1"):  # `raysemi eval` on the run's val split
+        score = evaluate_checkpoint(stages[stage]["checkpoint"], cfg, many.path("splits", "val.txt"))["miou"]
+        assert score == pytest.approx(stages[stage]["val_miou"], abs=1e-4), stage
     # the table: in file order, the unlabeled images in the order the pass was given them (what makes
     # the students reproducible on any layout), each row what one process computes from the teachers
     unlabeled = read_split_file(many.path("splits", "unlabeled.txt"), str(synthetic_root))
@@ -139,7 +119,6 @@ def test_rwms_on_two_nodes_places_the_teachers_apart_and_equals_one_process(clus
         got = by_id[it.id]
         assert np.mean(got["label"] == want["label"]) >= 0.999 and np.mean(got["rank"] == want["rank"]) >= 0.999, it.id
         assert got["reliability"] == pytest.approx(want["reliability"], abs=0.01), it.id
-    assert ray.is_initialized()
 
 
 def test_a_killed_training_worker_is_restarted_and_resumes_from_its_checkpoint(cluster, synthetic_root, tmp_path):

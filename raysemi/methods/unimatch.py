@@ -67,7 +67,6 @@ class UniMatchStep(Step):
         self.ctx, self.spec = ctx, ctx.spec
         self.criterion = ctx.criterion
         self.s = UniMatchConfig(**self.spec["settings"])
-        self.thresh, self.cutmix_p = self.s.conf_thresh, self.s.cutmix_p
 
     @staticmethod
     def check_spec(spec: dict, stage: str, workers: int) -> None:
@@ -78,7 +77,7 @@ class UniMatchStep(Step):
 
     def describe(self) -> str:
         return (f"; UniMatch with {self.spec['batch_size']} unlabeled + {self.spec['batch_size']} mix images per "
-                f"batch, conf_thresh {self.thresh:g}, CutMix p {self.cutmix_p:g}")
+                f"batch, conf_thresh {self.s.conf_thresh:g}, CutMix p {self.s.cutmix_p:g}")
 
     def batches(self):
         """Endless batches of 2 x batch_size unlabeled samples (weak, strong1, strong2, ignore): u and mix."""
@@ -100,7 +99,7 @@ class UniMatchStep(Step):
         mix = {k: v[b:] for k, v in views.items()}
         height, width = u["ignore"].shape[-2:]
         rng = np.random.default_rng([self.ctx.seed, it, self.ctx.rank])
-        box1, box2 = (box_masks(b, height, width, self.cutmix_p, rng).to(device) for _ in range(2))
+        box1, box2 = (box_masks(b, height, width, self.s.cutmix_p, rng).to(device) for _ in range(2))
 
         with torch.no_grad():
             model.eval()
@@ -119,11 +118,11 @@ class UniMatchStep(Step):
 
         loss_x = self.criterion(pred_x, mask)
         loss_s1 = masked_loss(pred_s1, in_box(box1, label_mix, label_w), in_box(box1, conf_mix, conf_w),
-                              in_box(box1, mix["ignore"], u["ignore"]), self.thresh)
+                              in_box(box1, mix["ignore"], u["ignore"]), self.s.conf_thresh)
         loss_s2 = masked_loss(pred_s2, in_box(box2, label_mix, label_w), in_box(box2, conf_mix, conf_w),
-                              in_box(box2, mix["ignore"], u["ignore"]), self.thresh)
-        loss_fp = masked_loss(pred_fp, label_w, conf_w, u["ignore"], self.thresh)
+                              in_box(box2, mix["ignore"], u["ignore"]), self.s.conf_thresh)
+        loss_fp = masked_loss(pred_fp, label_w, conf_w, u["ignore"], self.s.conf_thresh)
         loss_u = WEIGHTS["s1"] * loss_s1 + WEIGHTS["s2"] * loss_s2 + WEIGHTS["fp"] * loss_fp
         valid = ~u["ignore"]
-        confident = ((conf_w >= self.thresh) & valid).sum() / valid.sum().clamp(min=1)
+        confident = ((conf_w >= self.s.conf_thresh) & valid).sum() / valid.sum().clamp(min=1)
         return (loss_x + loss_u) / 2, loss_u, {"confident": confident.detach()}
