@@ -26,6 +26,7 @@ from raysemi.config import PseudoConfig, load_config
 from raysemi.pipelines.common import plan_data
 from raysemi.pipelines.pseudo import teacher_checkpoints
 from raysemi.pseudo.driver import run_pass
+from raysemi.ray_start import IDLE_WORKER_HEADROOM
 from raysemi.rundir import RunDir
 
 
@@ -46,7 +47,10 @@ def one(nodes: int, checkpoints, items, batch: int, tmp: str) -> tuple[float, se
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    # the nodes keep idle workers as init_ray's local Ray does (one value for the whole cluster)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False,
+        "_system_config": {"num_workers_soft_limit": 2 + IDLE_WORKER_HEADROOM}})
     try:
         workers = {cluster.add_node(num_cpus=2).node_id for _ in range(nodes)}
         cluster.wait_for_nodes()

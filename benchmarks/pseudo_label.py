@@ -7,13 +7,18 @@ RUN is any run whose teachers finished (`make demo`, or a study run). The unlabe
 split are repeated, under distinct ids, to --images rows. In one process, on one local Ray of --cpus CPUs:
 
 1. the forward limit: the pair's forward (`evaluate.predict` of each model, eval mode, no grad) on
-   preloaded, decoded, resized and normalised batches of --batch, with torch threads = --cpus; and T1's
-   alone. Nothing of the pass (decode, argmax, ranks, Parquet) is in it;
+   preloaded, decoded, resized and normalised batches of --batch, and T1's alone, in two arrangements:
+   one process of --cpus torch threads (the issue's limit), and --cpus processes of one thread each at
+   once (the pass's own arrangement: one-CPU actors; the stricter limit here). Measured before and
+   after the passes and averaged. Nothing of the pass (decode, argmax, ranks, Parquet) is in it;
 2. the Ray Data pass as `raysemi rwms` runs it (default actors: pseudo.actors x pseudo.cpus_per_actor,
-   pseudo.decode_tasks decoders), on all the rows and on a tenth of them: its steady-state rate is
-   (N - N/10) / (T_N - T_N/10), so Ray Data's planning, the actors' start and the models' load cancel;
+   pseudo.decode_tasks decoders), on all the rows and on a tenth of them, Ray started before either:
+   its steady-state rate is (N - N/10) / (T_N - T_N/10), so Ray Data's planning, the actors' start and
+   the models' load cancel;
 3. the same for a one-model pass (T1), against T1's forward;
-4. the pair's table written with each Parquet compression: bytes and milliseconds per row on one thread
+4. decode and resize alone on one thread, and the ceiling it sets on a CPU where the decoders share the
+   actors' cores: forward CPU per image / (forward CPU + decode CPU per image);
+5. the pair's table written with each Parquet compression: bytes and milliseconds per row on one thread
    (how `pseudo.PARQUET_ARGS` was chosen).
 
 Run nothing else meanwhile: the ratios are of CPU time this machine shares.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import tempfile
 import time
 from dataclasses import replace
@@ -38,6 +44,7 @@ from raysemi.evaluate import predict
 from raysemi.pipelines.common import plan_data
 from raysemi.pipelines.pseudo import teacher_checkpoints
 from raysemi.pseudo.driver import run_pass
+from raysemi.ray_start import init_ray
 from raysemi.pseudo.table import decode, read_pseudo_table, table_uri
 from raysemi.rundir import RunDir
 from raysemi.train.checkpoint import load_model
@@ -51,20 +58,57 @@ def repeat_items(items: list[Item], n: int) -> list[Item]:
 
 
 def forward_rate(checkpoints: list[str], items: list[Item], image_size, batch: int, threads: int,
-                 seconds: float = 20.0) -> float:
-    """Images per second of the models' forward alone on preloaded batches (at least `seconds` of it)."""
+                 seconds: float = 20.0, barrier=None) -> float:
+    """Images per second of the models' forward alone on preloaded batches (at least `seconds` of it),
+    timed from `barrier` when processes run it side by side."""
     torch.set_num_threads(threads)
     models = [load_model(path)[0].eval() for path in checkpoints]
     batches = [torch.stack([normalize(load_image_at(it.image, image_size)) for it in items[s:s + batch]])
                for s in range(0, min(len(items), 16 * batch), batch)]
     for m in models:  # warm-up: the first calls allocate
         predict(m, batches[0])
+    if barrier is not None:
+        barrier.wait()
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for x in batches:
             for m in models:
                 predict(m, x)
             done += len(x)
+    return done / (time.perf_counter() - t0)
+
+
+def _forward_worker(args: tuple, barrier, rates) -> None:
+    rates.put(forward_rate(*args, threads=1, barrier=barrier))
+
+
+def forward_rate_processes(checkpoints: list[str], items: list[Item], image_size, batch: int, processes: int,
+                           seconds: float = 20.0) -> float:
+    """Images per second of `processes` one-thread processes running the forward at once, summed."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, rates = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=_forward_worker, args=((checkpoints, items, image_size, batch), barrier, rates))
+               for _ in range(processes)]
+    for w in workers:
+        w.start()
+    total = sum(rates.get() for _ in workers)
+    for w in workers:
+        w.join()
+    return total
+
+
+def forward_rates(checkpoints: list[str], items: list[Item], image_size, batch: int, cpus: int) -> tuple[float, float]:
+    """(1 process of `cpus` threads, `cpus` processes of 1 thread) images per second of the forward."""
+    return (forward_rate(checkpoints, items, image_size, batch, cpus),
+            forward_rate_processes(checkpoints, items, image_size, batch, cpus))
+
+
+def decode_rate(items: list[Item], image_size, seconds: float = 10.0) -> float:
+    """Images per second of decoding and resizing as the pass's decoders do (`load_image_at`), one thread."""
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        load_image_at(items[done % len(items)].image, image_size)
+        done += 1
     return done / (time.perf_counter() - t0)
 
 
@@ -133,18 +177,30 @@ def main() -> None:
           f"{args.cpus} CPUs; pass: {pc.actors} actor(s) x {pc.cpus_per_actor:g} CPU, {pc.decode_tasks} decode tasks",
           flush=True)
 
+    init_ray(ray_cfg)  # before any timing: the first pass must not pay Ray's start
+    decode = decode_rate(items, size)
+    print(f"decode and resize alone: {decode:.1f} images/s on one thread", flush=True)
     rows = []
     for label, models in (("pair (T1 + T2)", checkpoints), ("one model (T1)", checkpoints[:1])):
-        limit = forward_rate([path for _, path in models], items, size, args.batch, args.cpus)
-        print(f"{label}: forward limit {limit:.2f} images/s", flush=True)
+        paths = [path for _, path in models]
+        # the forward before and after the passes, averaged: this machine's speed drifts over minutes
+        before = forward_rates(paths, items, size, args.batch, args.cpus)
         steady, end_to_end = steady_rate(bench, "pair" if len(models) == 2 else "one", models, items, pc, ray_cfg)
-        print(f"{label}: pass {steady:.2f} images/s steady, {end_to_end:.2f} end to end", flush=True)
-        rows.append((label, limit, steady, end_to_end))
+        after = forward_rates(paths, items, size, args.batch, args.cpus)
+        one_process, processes = ((b + a) / 2 for b, a in zip(before, after))
+        # the share of the cores the forward can have when each image is also decoded on them
+        ceiling = (args.cpus / processes) / (args.cpus / processes + 1 / decode)
+        print(f"{label}: forward {one_process:.2f} images/s in 1 process of {args.cpus} threads, {processes:.2f} in "
+              f"{args.cpus} processes of 1 thread (before {before[0]:.2f}, {before[1]:.2f}; after {after[0]:.2f}, "
+              f"{after[1]:.2f}); pass {steady:.2f} steady, {end_to_end:.2f} end to end", flush=True)
+        rows.append((label, one_process, processes, steady, end_to_end, ceiling))
 
-    print(f"\n| pass over {len(items)} images | forward limit (images/s) | pass, steady state | fraction of the limit "
-          "| pass, end to end |\n|---|---|---|---|---|")
-    for label, limit, steady, end_to_end in rows:
-        print(f"| {label} | {limit:.2f} | {steady:.2f} | {steady / limit:.2f} | {end_to_end:.2f} |")
+    print(f"\n| pass over {len(items)} images | forward, 1 process x {args.cpus} threads (images/s) | forward, "
+          f"{args.cpus} processes x 1 thread | pass, steady state | fraction of 1 x {args.cpus} | fraction of "
+          f"{args.cpus} x 1 | ceiling with decode on these cores | pass, end to end |\n|---|---|---|---|---|---|---|---|")
+    for label, one_process, processes, steady, end_to_end, ceiling in rows:
+        print(f"| {label} | {one_process:.2f} | {processes:.2f} | {steady:.2f} | **{steady / one_process:.2f}** | "
+              f"**{steady / processes:.2f}** | {ceiling:.2f} | {end_to_end:.2f} |")
 
     print("\n| Parquet compression (the pair's table) | bytes per row | write ms per row |\n|---|---|---|")
     for codec, size_per_row, ms in compression_rows(table_uri(bench, "pair-small")):

@@ -265,7 +265,7 @@ def _prediction_figure(dataset: SegmentationDataset, models: dict, palette) -> F
         image, mask = dataset.load(i)
         panels = [(image, dataset.items[i].id), (colorize(mask, palette), "ground truth")]
         for name, (model, _) in models.items():
-            ids = predict(model, normalize(image).unsqueeze(0)).argmax(1)[0].numpy().astype(np.uint8)
+            ids = predict(model, normalize(image).unsqueeze(0)).max(1).indices[0].numpy().astype(np.uint8)
             panels.append((colorize(ids, palette), f"{name}: {_accuracy(ids, mask)}"))
         for ax, (array, title) in zip(row, panels):
             ax.imshow(array, interpolation="nearest")

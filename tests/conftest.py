@@ -37,11 +37,16 @@ def synthetic_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray per test module: ray.init costs seconds, so a module's tests and the commands they start share it.
-    Logical CPUs exceed the 2 physical cores so that two 1-CPU Train runs and their helpers fit."""
+    Logical CPUs exceed the 2 physical cores so that two 1-CPU Train runs and their helpers fit. Started by
+    `init_ray`, as the commands start theirs (idle workers kept: raysemi.ray_start)."""
     import ray
 
+    from raysemi.config import RayConfig
+    from raysemi.ray_start import init_ray
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=4, log_to_driver=True)
+    assert "RAY_ADDRESS" not in os.environ, "a module's Ray must be its own, not one RAY_ADDRESS names"
+    init_ray(RayConfig(num_cpus=4))
     # commands the module's tests start as processes join this Ray instead of starting their own: a
     # start less each, and one Ray on the machine (Train's placement-group cleaner, finding two local
     # instances, cannot tell which is its own)
