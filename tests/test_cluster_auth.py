@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -128,30 +129,37 @@ def cluster(tmp_path):
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _alive_nodes(cluster, resource: str) -> int:
+def _alive_nodes(cluster, resources: list[str]) -> list[int]:
+    """How many alive nodes offer each resource, asked with the user's token (one process, one ray.init)."""
     code = ("import ray; ray.init(address='auto'); "
-            f"print(sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('{resource}')))")
+            f"print(*[sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get(r)) for r in {resources!r}])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=cluster["env"](cluster["user"], RAY_AUTH_MODE="token"))
     assert out.returncode == 0, out.stderr[-2000:]
-    return int(out.stdout.strip().splitlines()[-1])
+    return [int(v) for v in out.stdout.strip().splitlines()[-1].split()]
 
 
 def test_nodes_and_jobs_need_the_token(cluster, tmp_path):
-    code, text = cluster["start_worker"]("worker", cluster["token"], "joined")
-    assert code == 0, text[-2000:]
-    # no token: the node stops before it reaches the head
-    code, text = cluster["start_worker"]("no-token", None, "no_token")
-    assert code not in (0, None) and re.search(r"no authentication token", text, re.I), text[-2000:]
-    # another token, and a node started without token mode (the YAML's line less RAY_AUTH_MODE): the head refuses them
-    cluster["start_worker"]("other-token", "0" * len(cluster["token"]), "other_token")
     plain = _ray_start_line(yaml.safe_load((REPO / "cluster.yaml").read_text())["worker_start_ray_commands"])
-    cluster["start_worker"]("no-auth-mode", None, "no_auth_mode", line=plain.replace("RAY_AUTH_MODE=token ", ""))
+    start = cluster["start_worker"]
+    with ThreadPoolExecutor(4) as pool:  # the four nodes start at once, as a cluster's would
+        joined = pool.submit(start, "worker", cluster["token"], "joined")
+        # no token: the node stops before it reaches the head
+        no_token = pool.submit(start, "no-token", None, "no_token")
+        # another token, and a node started without token mode (the YAML's line less RAY_AUTH_MODE): the head refuses them
+        refused = [pool.submit(start, "other-token", "0" * len(cluster["token"]), "other_token"),
+                   pool.submit(start, "no-auth-mode", None, "no_auth_mode", line=plain.replace("RAY_AUTH_MODE=token ", ""))]
+        code, text = joined.result()
+        assert code == 0, text[-2000:]
+        code, text = no_token.result()
+        assert code not in (0, None) and re.search(r"no authentication token", text, re.I), text[-2000:]
+        for f in refused:
+            f.result()
     deadline = time.time() + 30
-    while _alive_nodes(cluster, "joined") != 1 and time.time() < deadline:
+    while _alive_nodes(cluster, ["joined"]) != [1] and time.time() < deadline:
         time.sleep(1)
     time.sleep(3)  # a refused node that got through would register within a few seconds too
-    assert [_alive_nodes(cluster, r) for r in ("joined", "no_token", "other_token", "no_auth_mode")] == [1, 0, 0, 0]
+    assert _alive_nodes(cluster, ["joined", "no_token", "other_token", "no_auth_mode"]) == [1, 0, 0, 0]
 
     # the dashboard (and its job API) listens on loopback only
     listening = {c.laddr.ip for c in psutil.net_connections("tcp")
@@ -162,11 +170,15 @@ def test_nodes_and_jobs_need_the_token(cluster, tmp_path):
            "print('on', ray.get(ray.remote(resources={'joined': 1})(lambda: 'the joined worker').remote()))")
     submit = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{cluster['dashboard']}", "--",
               sys.executable, "-c", job]
-    ok = subprocess.run(submit, env=cluster["env"](cluster["user"], RAY_AUTH_MODE="token"), capture_output=True,
-                        text=True, timeout=300)
+    clients = {"the token": (cluster["user"], {"RAY_AUTH_MODE": "token"}),
+               "no token file": (tmp_path / "no-token-file", {"RAY_AUTH_MODE": "token"}),
+               "no auth mode": (cluster["user"], {})}
+    with ThreadPoolExecutor(len(clients)) as pool:  # the three clients submit at once
+        runs = {name: pool.submit(subprocess.run, submit, env=cluster["env"](home, **extra), capture_output=True,
+                                  text=True, timeout=300) for name, (home, extra) in clients.items()}
+        outs = {name: run.result() for name, run in runs.items()}
+    ok = outs.pop("the token")
     assert ok.returncode == 0 and "on the joined worker" in ok.stdout, ok.stdout[-2000:] + ok.stderr[-2000:]
-    for name, extra in (("no token file", {"RAY_AUTH_MODE": "token"}), ("no auth mode", {})):
-        home = tmp_path / name.replace(" ", "-") if extra else cluster["user"]
-        out = subprocess.run(submit, env=cluster["env"](home, **extra), capture_output=True, text=True, timeout=120)
+    for name, out in outs.items():
         assert out.returncode != 0 and "on the joined worker" not in out.stdout, (name, out.stdout[-2000:])
         assert re.search(r"auth|token|401|403", out.stdout + out.stderr, re.I), (name, (out.stdout + out.stderr)[-2000:])
