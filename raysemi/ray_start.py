@@ -6,11 +6,12 @@ import os
 
 from raysemi.config import RayConfig
 
-# Idle workers Ray keeps beyond one per CPU. Ray kills an idle worker after 1 s once the node has more
-# workers than CPUs (its `num_workers_soft_limit`), counting actors. In a pass whose labeling actors hold
-# every CPU, each zero-CPU decode or write task then started a fresh Python worker (1-2 s of CPU each,
-# every few seconds): 17.6 against 24.8 images/s on 1,500 images here (docs/benchmarks.md). Eight covers
-# Ray Data's and Train's helper actors, the decoders and the writers.
+# Idle workers Ray keeps beyond one per CPU (`num_workers_soft_limit` = CPUs + this). With Ray's default
+# limit, once actors hold every CPU an idle worker is killed after 1 s, so in a pass whose labeling actors
+# hold them all each zero-CPU decode or write task started a fresh Python worker (1-2 s of CPU each, every
+# few seconds): 17.6 against 24.8 images/s on 1,500 images here (docs/benchmarks.md). Any explicit limit
+# kept the worker in tests/test_ray_start.py, even CPUs + 0; eight is slack for the decoders, the writers
+# and Ray Data's and Train's helper actors, not a measured optimum.
 IDLE_WORKER_HEADROOM = 8
 
 

@@ -1,7 +1,7 @@
 """`init_ray` starts a local Ray that keeps idle workers when actors hold every CPU.
 
-Ray kills an idle worker after about a second once a node has more workers than CPUs, actors counted,
-so a zero-CPU task (the pass's decoders and writers) that comes every few seconds started a new Python
+With Ray's default worker limit, once actors hold every CPU an idle worker is killed after about a
+second, so a zero-CPU task (the pass's decoders and writers) that comes every few seconds started a new Python
 worker each time. The script runs in its own process (no test's Ray to join): first plain `ray.init`,
 where the second task's worker is a new process, then `init_ray`, where it is the first task's.
 """
