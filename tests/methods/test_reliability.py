@@ -54,6 +54,20 @@ def test_agreement_rank_ties_count_as_ranked_first():
     assert agreement_rank(p1, p2).item() == 1
 
 
+def test_a_tie_in_teacher_1_takes_the_first_class_as_argmax_does():
+    # P1 ties classes 1 and 2 (c1 = 1, the first maximum); P2 scores 0.2, 0.3, 0.5: class 1 is ranked 2nd
+    # (only class 2 above it); had c1 been 2, the rank would be 1
+    p1 = torch.tensor([[[0.2]], [[0.4]], [[0.4]]])
+    p2 = torch.tensor([[[0.2]], [[0.3]], [[0.5]]])
+    assert agreement_rank(p1, p2).item() == 2
+    # on maps of the pass's size, ties included, the same c1 as argmax everywhere
+    torch.manual_seed(0)
+    big1, big2 = torch.randint(0, 3, (2, 2, 11, 32, 40)).float()  # scores 0-2 over 11 classes: many ties
+    c1 = big1.argmax(1, keepdim=True)
+    expected = (1 + (big2 > big2.gather(1, c1)).sum(1)).to(torch.uint8)
+    assert torch.equal(agreement_rank(big1, big2), expected)
+
+
 def test_logits_and_probabilities_give_the_same_ranks():
     torch.manual_seed(0)
     l1, l2 = torch.randn(2, 5, 4, 4), torch.randn(2, 5, 4, 4)
