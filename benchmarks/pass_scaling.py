@@ -29,6 +29,8 @@ from raysemi.pseudo.driver import run_pass
 from raysemi.ray_start import IDLE_WORKER_HEADROOM
 from raysemi.rundir import RunDir
 
+NODE_CPUS = 2  # logical CPUs of each worker node
+
 
 def cpu_times() -> tuple[int, int]:
     """This machine's (busy, total) CPU time in clock ticks, all cores and processes (/proc/stat)."""
@@ -50,9 +52,9 @@ def one(nodes: int, checkpoints, items, batch: int, tmp: str) -> tuple[float, se
     # the nodes keep idle workers as init_ray's local Ray does (one value for the whole cluster)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False,
-        "_system_config": {"num_workers_soft_limit": 2 + IDLE_WORKER_HEADROOM}})
+        "_system_config": {"num_workers_soft_limit": NODE_CPUS + IDLE_WORKER_HEADROOM}})
     try:
-        workers = {cluster.add_node(num_cpus=2).node_id for _ in range(nodes)}
+        workers = {cluster.add_node(num_cpus=NODE_CPUS).node_id for _ in range(nodes)}
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
         try:

@@ -44,8 +44,8 @@ from raysemi.evaluate import predict
 from raysemi.pipelines.common import plan_data
 from raysemi.pipelines.pseudo import teacher_checkpoints
 from raysemi.pseudo.driver import run_pass
-from raysemi.ray_start import init_ray
 from raysemi.pseudo.table import decode, read_pseudo_table, table_uri
+from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
 from raysemi.train.checkpoint import load_model
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from raysemi.config import load_config
 from raysemi.pipelines.common import plan_data, train_stage

@@ -16,7 +16,7 @@ from raysemi.data.splits import read_split_file
 from raysemi.data.transforms import normalize
 from raysemi.evaluate import evaluate, predict
 from raysemi.figures import colorize
-from raysemi.methods.metrics import format_iou_table, iou_per_class, mean_iou
+from raysemi.methods.metrics import class_ids, format_iou_table, iou_per_class, mean_iou
 from raysemi.pipelines.common import resolve_data_root
 from raysemi.train.checkpoint import load_model
 
@@ -67,7 +67,7 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, mode: str =
         with torch.no_grad():
             probs = predict(model, x.unsqueeze(0), mode, tuple(crop) if crop else None, flip)
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)  # back to the input size
-        ids = probs.max(1).indices[0].numpy().astype(np.uint8)
+        ids = class_ids(probs)[0].numpy().astype(np.uint8)
         storage.write_bytes(out / "ids" / f"{path.stem}.png", _png(ids))
         storage.write_bytes(out / "color" / f"{path.stem}.png", _png(colorize(ids, bundle["palette"])))
         print(f"[predict] {i}/{len(paths)} {path.name}", flush=True)

@@ -29,4 +29,4 @@ def init_ray(rc: RayConfig) -> None:
         ray.init()
     else:
         cpus = rc.num_cpus if rc.num_cpus is not None else len(os.sched_getaffinity(0))
-        ray.init(num_cpus=rc.num_cpus, _system_config={"num_workers_soft_limit": int(cpus) + IDLE_WORKER_HEADROOM})
+        ray.init(num_cpus=rc.num_cpus, _system_config={"num_workers_soft_limit": cpus + IDLE_WORKER_HEADROOM})

@@ -27,7 +27,7 @@ from raysemi.data.splits import read_split_file
 from raysemi.data.transforms import normalize
 from raysemi.evaluate import predict
 from raysemi.figures import colorize, new_figure, save_png
-from raysemi.methods.metrics import percent
+from raysemi.methods.metrics import class_ids, percent
 from raysemi.pipelines.common import resolve_data_root
 from raysemi.rundir import RunDir
 from raysemi.train.checkpoint import load_model
@@ -265,7 +265,7 @@ def _prediction_figure(dataset: SegmentationDataset, models: dict, palette) -> F
         image, mask = dataset.load(i)
         panels = [(image, dataset.items[i].id), (colorize(mask, palette), "ground truth")]
         for name, (model, _) in models.items():
-            ids = predict(model, normalize(image).unsqueeze(0)).max(1).indices[0].numpy().astype(np.uint8)
+            ids = class_ids(predict(model, normalize(image).unsqueeze(0)))[0].numpy().astype(np.uint8)
             panels.append((colorize(ids, palette), f"{name}: {_accuracy(ids, mask)}"))
         for ax, (array, title) in zip(row, panels):
             ax.imshow(array, interpolation="nearest")

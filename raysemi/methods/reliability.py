@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raysemi.methods.metrics import confusion_matrix, mean_iou
+from raysemi.methods.metrics import class_ids, confusion_matrix, mean_iou
 
 NO_RANK = 0  # rank value of pixels without a prediction (padding): weight 0
 
@@ -31,7 +31,7 @@ def agreement_rank(p1: Tensor, p2: Tensor) -> Tensor:
     probabilities give the same ranks (softmax is monotonic). Classes tied with c1 in P2 do not
     count, so a pixel whose c1 shares P2's top score is "ranked first".
     """
-    c1 = p1.max(dim=-3, keepdim=True).indices  # argmax's first maximum; argmax is 5x slower on CPU
+    c1 = class_ids(p1, keepdim=True)
     score = p2.gather(-3, c1)
     return (1 + (p2 > score).sum(dim=-3)).to(torch.uint8)
 

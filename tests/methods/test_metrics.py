@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from raysemi.methods.metrics import (
+    class_ids,
     confusion_matrix,
     format_iou_table,
     iou_per_class,
@@ -99,3 +100,11 @@ def test_format_iou_table():
     assert "-" in format_iou_table(confusion_matrix(PRED, TARGET, 4), list("abcd")).splitlines()[4]
     with pytest.raises(ValueError, match="class names"):
         format_iou_table(CM, ["road"])
+
+
+def test_class_ids_take_the_first_maximum_over_the_class_dimension():
+    # 3 classes, 1 x 2 pixels: pixel 0 has class 2 on top; pixel 1 ties classes 0 and 1 (-> 0, as argmax)
+    scores = torch.tensor([[[0.1, 0.4]], [[0.2, 0.4]], [[0.7, 0.2]]])
+    assert class_ids(scores).tolist() == [[2, 0]]
+    assert class_ids(scores.unsqueeze(0)).tolist() == [[[2, 0]]]  # batched: the classes are dim 1
+    assert class_ids(scores, keepdim=True).shape == (1, 1, 2)
