@@ -2,7 +2,7 @@
 (experiments/camvid/study/ucc.yaml), each whole pipeline on three seeds, so that every row of the table
 is a mean ± sd, not one seed; scored on the held-out sequence 0006R0 at native resolution.
 
-    .venv/bin/python benchmarks/study_camvid.py [--run runs/study-camvid] [--seeds 0,1,2]
+    .venv/bin/python benchmarks/study_camvid.py [--run runs/study-camvid] [--seeds 0,1,2] [--protocol study]
                                                 [--data-root D] [--parallel N] [--set k=v ...]
 
 Runs, as a subprocess,
@@ -12,6 +12,10 @@ and prints the table of RUN/study.md. Each RWMS run is a main job plus the Oracl
 UCC stage: hours for six runs on a laptop (`--methods rwms` runs only the RWMS configs; `--methods
 rwms,ucc,unimatch` adds UniMatch, experiments/camvid/study/unimatch.yaml, one stage a seed). Each run has its own run
 directory RUN/<config>/split<K>-seed<S>/, so a rerun of this script skips what finished.
+
+--protocol: the folder of experiments/camvid/ whose rwms.yaml, ucc.yaml and unimatch.yaml run: `study`
+(the main job's 1/8 at 128x160, 300 steps) or `study_1-30` (issue 19's CPU protocol: 1/30 at 64x80,
+600 steps, where the Oracle is 5 points or more above SupOnly).
 """
 from __future__ import annotations
 
@@ -21,16 +25,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = (("experiments/camvid/study/rwms.yaml", "rwms"), ("experiments/camvid/study/ucc.yaml", "ucc"),
-           ("experiments/camvid/study/unimatch.yaml", "unimatch"))
+METHODS = ("rwms", "ucc", "unimatch")  # each protocol folder holds <method>.yaml for each
 
 
 def study_command(run: str, seeds: str, data_root: str | None = None, parallel: str | None = None,
-                  sets: list[str] = (), methods: tuple[str, ...] = ("rwms", "ucc")) -> list[str]:
+                  sets: list[str] = (), methods: tuple[str, ...] = ("rwms", "ucc"), protocol: str = "study") -> list[str]:
     cmd = [sys.executable, "-m", "raysemi.cli", "study"]
-    for config, method in CONFIGS:
+    for method in METHODS:
         if method in methods:
-            cmd += ["--config", str(REPO / config), "--method", method]
+            cmd += ["--config", str(REPO / "experiments" / "camvid" / protocol / f"{method}.yaml"), "--method", method]
     cmd += ["--seeds", seeds, "--run", run]
     cmd += ["--data-root", data_root] * bool(data_root) + ["--parallel", parallel] * bool(parallel)
     for item in sets:
@@ -43,13 +46,18 @@ def main() -> int:
     ap.add_argument("--run", default="runs/study-camvid", help="the study's directory (a rerun resumes)")
     ap.add_argument("--seeds", default="0,1,2", help="train.seed of the runs (default: 0,1,2)")
     ap.add_argument("--methods", default="rwms,ucc", help="which configs, of rwms, ucc and unimatch (default: rwms,ucc)")
+    ap.add_argument("--protocol", default="study", choices=("study", "study_1-30"),
+                    help="the experiments/camvid/ folder of the configs (default: study)")
     ap.add_argument("--data-root")
     ap.add_argument("--parallel", help="runs at once (default: raysemi study's auto)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override a config value in every run (repeatable)")
     args = ap.parse_args()
+    unknown = set(args.methods.split(",")) - set(METHODS)
+    if unknown:
+        ap.error(f"--methods: {', '.join(sorted(unknown))} is not one of {', '.join(METHODS)}")
     code = subprocess.run(study_command(args.run, args.seeds, args.data_root, args.parallel, args.set,
-                                        tuple(args.methods.split(","))), cwd=REPO).returncode
+                                        tuple(args.methods.split(",")), args.protocol), cwd=REPO).returncode
     md = Path(REPO, args.run, "study.md") if not Path(args.run).is_absolute() else Path(args.run, "study.md")
     if md.is_file():
         table = [line for line in md.read_text().split("## Per seed")[0].splitlines() if line.startswith("|")]

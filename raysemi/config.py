@@ -370,7 +370,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), data_
     """Load YAML (or defaults), apply `key.path=value` overrides, convert to typed dataclasses, validate.
 
     A file may start from another: `extends: base.yaml` (relative to the file) loads that one first
-    and lays this file's values over it, section by section, so an ablation is a few lines."""
+    and lays this file's values over it, section by section, so an ablation is a few lines. A list
+    (`extends: [method.yaml, protocol.yaml]`) merges its files in order, each over the ones before,
+    so a protocol's data and schedule are written once for every method that runs under it."""
     raw: dict = {}
     source = "defaults"
     if path is not None:
@@ -403,15 +405,20 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    base = raw.pop("extends", None)
-    if base is None:
+    bases = raw.pop("extends", None)
+    if bases is None:
         return raw
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: extends: expected a file name, got {base!r}")
-    base_path = path.parent / base
-    if not base_path.is_file():
-        raise ConfigError(f"{path}: extends {base}, but {base_path} does not exist")
-    return _merge(_read_yaml(base_path, (*seen, path.resolve())), raw)
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: extends: expected a file name or a list of them, got {bases!r}")
+    merged: dict = {}
+    for base in bases:  # in order, each over the ones before it
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: extends {base}, but {base_path} does not exist")
+        merged = _merge(merged, _read_yaml(base_path, (*seen, path.resolve())))
+    return _merge(merged, raw)
 
 
 def _merge(base: dict, over: dict) -> dict:

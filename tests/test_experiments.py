@@ -204,6 +204,20 @@ def test_voc_teacher_2_choices():
     assert (v3.arch, v3.backbone) == ("deeplabv3plus", "resnet101")
 
 
+# --- the CPU protocols of the seed study -------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["rwms", "ucc", "unimatch"])
+def test_the_1_30_protocol_changes_only_the_data_and_the_schedule(method):
+    """Each method under the 1/30 protocol is its 1/8 study config with only protocol.yaml's keys changed."""
+    cfg, base = load(f"camvid/study_1-30/{method}.yaml"), load(f"camvid/study/{method}.yaml")
+    assert differing(cfg, base) == {"data.labeled_fraction", "data.image_size", "data.crop_size", "train.iterations",
+                                    "train.eval_every", "train.log_every", "rwms.iterations"}
+    assert (cfg.data.labeled_fraction, cfg.data.split_seed, cfg.data.image_size) == ("1/30", 0, [64, 80])
+    assert cfg.train.iterations == cfg.rwms.iterations == 600 and cfg.train.eval_every == 120
+    assert round(266 * parse_fraction(cfg.data.labeled_fraction)) == 9  # labeled images: one batch of 8 an epoch
+
+
 # --- extends ---------------------------------------------------------------------------------
 
 
@@ -235,6 +249,27 @@ def test_extends_merges_sections_relative_to_the_file(tmp_path):
     cfg = load_config(tmp_path / "abl" / "leaf.yaml")
     assert (cfg.teachers.t1.backbone, cfg.teachers.t1.head_width) == ("resnet101", 64)
     assert (cfg.train.epochs, cfg.train.lr) == (5, 0.1)
+
+
+def test_extends_a_list_merges_its_files_in_order_then_the_leaf(tmp_path):
+    (tmp_path / "method.yaml").write_text("train: {epochs: 5, lr: 0.5, batch_size: 4}\nrwms: {phases: 1}\n")
+    (tmp_path / "protocol.yaml").write_text("train: {epochs: 9, lr: 0.2}\ndata: {labeled_fraction: 1/30}\n")
+    (tmp_path / "leaf.yaml").write_text("extends: [method.yaml, protocol.yaml]\ntrain: {lr: 0.1}\n")
+    cfg = load_config(tmp_path / "leaf.yaml")
+    # protocol over method, the leaf over both; what only one file sets survives
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.batch_size) == (9, 0.1, 4)
+    assert (cfg.rwms.phases, cfg.data.labeled_fraction) == (1, "1/30")
+
+
+def test_extends_a_list_checks_every_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("train: {epochs: 2}\n")
+    (tmp_path / "leaf.yaml").write_text("extends: [a.yaml, nope.yaml]\n")
+    with pytest.raises(ConfigError, match=r"leaf.yaml: extends nope.yaml"):
+        load_config(tmp_path / "leaf.yaml")
+    for bad in ("[]", "[a.yaml, 3]", "{a: 1}"):
+        (tmp_path / "leaf.yaml").write_text(f"extends: {bad}\n")
+        with pytest.raises(ConfigError, match="leaf.yaml: extends: expected a file name or a list"):
+            load_config(tmp_path / "leaf.yaml")
 
 
 def test_an_invalid_value_in_a_leaf_is_reported_with_its_file(tmp_path):
