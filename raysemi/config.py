@@ -163,6 +163,10 @@ class PseudoConfig:
     b: float = 1.0  # decay of the weight per rank
     write_weights: bool = False  # also store float16 weight maps (a column "weight")
     skip_bad: bool = False  # list undecodable images in <name>-rejects.txt and go on, instead of failing
+    # average each model's probabilities with those of the mirrored image, mirrored back, before the
+    # labels and ranks are taken (issue 19's flip-averaged pseudo labels; not in the paper: default off).
+    # Costs a second forward per model.
+    flip: bool = False
 
     def validate(self) -> None:
         for key in ("batch_size", "actors", "decode_tasks"):
@@ -186,6 +190,7 @@ class RWMSConfig:
 
     RWMS (the defaults)        phases 2, split reliability, reweight true, strong true
     one-phase retraining       phases 1: one student on D_l + all of U with T1's labels and the weights
+    students from the teacher  init teacher: S1 starts from T1's weights, S2 from S1's (not in the paper)
     random multi-phase         split random: U1 / U2 drawn at random (same sizes) instead of by r
     without reweighting        reweight false: w = 1 on every pseudo-labeled pixel
     Baseline (ST)              phases 1, reweight false, strong false
@@ -212,6 +217,10 @@ class RWMSConfig:
     # The comparison stages (SupOnly, Baseline) train beside the S1 -> S2 chain.
     cpus_per_worker: int | None = None
     compare: list[str] = field(default_factory=list)  # "suponly", "baseline", "oracle"
+    # where the students' weights start: "imagenet" (the paper: the backbone's ImageNet weights, the head
+    # at random) or "teacher" (issue 19's lever: S1 from T1's selected weights, S2 from S1's; the student
+    # must then be T1's model). Baseline and the Oracle start from ImageNet either way.
+    init: Literal["imagenet", "teacher"] = "imagenet"
 
     def validate(self) -> None:
         if self.phases not in (1, 2):
@@ -344,6 +353,9 @@ class Config:
                  "data.image_size (a crop of the resized image has no native-size counterpart), or eval_at 'input'")
         if self.ray.num_cpus is not None and self.ray.num_cpus < 1:
             _bad("ray.num_cpus", self.ray.num_cpus, ">= 1")
+        if self.rwms.init == "teacher" and self.rwms.student not in (None, self.teachers.t1):
+            _bad("rwms.init", "teacher", "'imagenet' when rwms.student is not teachers.t1's model (T1's weights "
+                 "must fit the student)")
 
 
 def _check_compare(key: str, names: list[str], allowed: tuple[str, ...]) -> None:

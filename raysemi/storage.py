@@ -9,6 +9,7 @@ An S3-compatible server other than AWS (MinIO, moto) is named in the URI's query
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -61,6 +62,17 @@ def read_bytes(location: str | os.PathLike) -> bytes:
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
             raise FileNotFoundError(f"{location}: no such file") from None
         raise
+
+
+def file_digest(location: str | os.PathLike) -> str:
+    """sha256 of a file's contents: a model file's identity in a fingerprint (content, so a copied or
+    touched file that is unchanged does not force new work)."""
+    h = hashlib.sha256()
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_text(location: str | os.PathLike) -> str:

@@ -50,6 +50,9 @@ def test_data_root_flag_wins(tmp_path):
     ("train: {resources: {accel: 0}}\n", [], ["train.resources.accel", "> 0"]),
     ("train: {resources: [accel]}\n", [], ["train.resources", "mapping"]),
     ("", ["rwms.cutmix=1.5"], ["rwms.cutmix", "1.5", "[0, 1]"]),
+    ("", ["rwms.init=scratch"], ["rwms.init", "'scratch'", "teacher"]),
+    ("rwms: {init: teacher, student: {arch: pspnet}}\n", [], ["rwms.init", "teachers.t1", "c.yaml"]),
+    ("", ["pseudo.flip=maybe"], ["pseudo.flip", "'maybe'"]),
 ])
 def test_bad_input_names_key_and_source(tmp_path, text, overrides, words):
     with pytest.raises(ConfigError) as err:

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from raysemi.cli import main
 from raysemi.config import ConfigError, load_config
@@ -24,7 +25,7 @@ from raysemi.pseudo.table import (
     read_pseudo_table,
     table_schema,
 )
-from raysemi.pseudo.workers import decode_images
+from raysemi.pseudo.workers import decode_images, label_images
 
 
 def test_config_defaults_and_errors_name_the_key(tmp_path):
@@ -233,3 +234,32 @@ def test_command_refuses_a_labeled_split_other_than_the_teachers(tmp_path, synth
     assert "differs from" in err and "labeled.txt" in err
     assert Path(run.path("splits", "labeled.txt")).read_text() == "train/images/train_0000.png train/masks/train_0000.png\n"
     assert not ray.is_initialized()
+
+
+class ConstantLogits(torch.nn.Module):
+    """Logits that ignore the image: a fixed 2-class map over a 1x2 image, the same for every input."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits, dtype=torch.float32)  # C x 1 x 2
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1, -1, -1)
+
+
+def test_flip_averaged_labels_and_ranks_by_hand():
+    """pseudo.flip: each model's probabilities averaged with the mirrored image's, mirrored back, before
+    labels and ranks. T1: left [2, 0], right [0, 1]; T2: left [0, 3], right [0, 0] (logits per class).
+    Plain: Y1 = [0, 1]; T2 puts class 0 second on the left and ties on the right (rank 1) -> ranks [2, 1].
+    Flipped: T1 at both pixels (softmax[2, 0] + softmax[0, 1]) / 2 = [0.575, 0.425] -> Y1 = [0, 0];
+    T2 at both (softmax[0, 3] + softmax[0, 0]) / 2 = [0.274, 0.726]: class 0 second -> ranks [2, 2]."""
+    t1 = ConstantLogits([[[2.0, 0.0]], [[0.0, 1.0]]])
+    t2 = ConstantLogits([[[0.0, 0.0]], [[3.0, 0.0]]])
+    image = np.zeros((1, 2, 3), dtype=np.uint8)
+    plain = label_images([t1, t2], [image], 2)[0]
+    np.testing.assert_array_equal(plain["label"], [[0, 1]])
+    np.testing.assert_array_equal(plain["rank"], [[2, 1]])
+    flipped = label_images([t1, t2], [image], 2, flip=True)[0]
+    np.testing.assert_array_equal(flipped["label"], [[0, 0]])
+    np.testing.assert_array_equal(flipped["rank"], [[2, 2]])
+    np.testing.assert_array_equal(label_images([t1], [image], 2, flip=True)[0]["label"], [[0, 0]])

@@ -74,16 +74,21 @@ def teachers_run(tmp_path, data_root, seed2=2):
     return run, save_teacher(run, "t1", "deeplabv3plus", 1), save_teacher(run, "t2", "pspnet", seed2)
 
 
-def reference(ckpt1, ckpt2, image_path):
-    """Plain torch and numpy: Y1, the agreement ranks and r = mIoU(Y1, Y2), written out by hand."""
+def reference(ckpt1, ckpt2, image_path, flip=False):
+    """Plain torch and numpy: Y1, the agreement ranks and r = mIoU(Y1, Y2), written out by hand; with
+    `flip`, each model's probabilities averaged with the mirrored image's, mirrored back."""
     x = normalize(np.asarray(Image.open(image_path).convert("RGB")))[None]
+
+    def softmax(model, x):
+        with torch.no_grad():
+            logits = model(x)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False).softmax(1)[0].numpy()
+
     probs = []
     for ckpt in (ckpt1, ckpt2):
         model, _ = load_model(ckpt)
-        with torch.no_grad():
-            logits = model(x)
-        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        probs.append(logits.softmax(1)[0].numpy())
+        p = softmax(model, x)
+        probs.append((p + softmax(model, x.flip(-1))[..., ::-1]) / 2 if flip else p)
     p1, p2 = probs
     y1, y2 = p1.argmax(0), p2.argmax(0)
     rank = 1 + (p2 > np.take_along_axis(p2, y1[None], 0)).sum(0)
@@ -157,6 +162,18 @@ def test_table_matches_plain_torch_then_resumes_and_recomputes(ray_local, tmp_pa
     y1, rank, rel = reference(ckpt1, run.stage("t2")["checkpoint"], os.path.join(root, id_ + ".png"))
     np.testing.assert_array_equal(after[id_]["rank"], rank)
     assert after[id_]["reliability"] == pytest.approx(rel, abs=1e-6)
+
+    # pseudo.flip: a new input, labeled again; every row is the flip-averaged reference
+    cfg.pseudo.flip = True
+    fourth = run_pseudo(cfg, run)
+    assert fourth["inputs"] != third["inputs"]
+    flipped = rows_by_id(uri)
+    for id_, r in flipped.items():
+        y1, rank, rel = reference(ckpt1, run.stage("t2")["checkpoint"], os.path.join(root, id_ + ".png"), flip=True)
+        np.testing.assert_array_equal(r["label"], y1)
+        np.testing.assert_array_equal(r["rank"], rank)
+        assert r["reliability"] == pytest.approx(rel, abs=1e-6)
+    assert any(not np.array_equal(flipped[i]["label"], after[i]["label"]) for i in rows)
 
 
 def test_bad_image_is_skipped_with_skip_bad_and_fails_the_pass_without(ray_local, tmp_path, data_root, capsys):

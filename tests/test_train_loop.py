@@ -58,6 +58,31 @@ def test_plain_loop_learns_logs_and_resumes(synthetic_root, tmp_path):
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
 
+def test_a_model_file_starts_the_model_and_lr_0_keeps_its_weights(synthetic_root, tmp_path):
+    """TrainJob.init_from (rwms.init teacher): the file's weights start the model. At lr 0 SGD moves no
+    parameter, so the selected model's parameters are the file's exactly; without init_from they are
+    the fresh build's, which differ from the file's (another seed)."""
+    from dataclasses import asdict
+
+    from raysemi.train.checkpoint import make_bundle, save_torch
+
+    cfg = small_cfg(synthetic_root, "train.epochs=1", "train.eval_every=1")
+    run = RunDir(tmp_path / "run")
+    plan = plan_data(cfg, run)
+    mc = cfg.model
+    source = build_model(mc.arch, mc.backbone, 3, mc.output_stride, False, seed=123, head_width=mc.head_width)
+    path = tmp_path / "t1.pt"
+    save_torch(make_bundle(source.state_dict(), asdict(mc), {"num_classes": 3}), path)
+    wanted = dict(source.named_parameters())
+    for stage, init_from in (("s1", str(path)), ("fresh", None)):
+        job = make_job(run, stage, cfg, mc, plan.labeled, plan, init_from=init_from)
+        run_plain(replace(job, train={**job.train, "lr": 0.0}))  # a config refuses lr 0; the loop takes it
+        trained, _ = load_model(tmp_path / "run" / stage / "local_checkpoint" / "best.pt")
+        same = [torch.equal(p, wanted[name]) for name, p in trained.named_parameters()]
+        drawn = [torch.equal(p, wanted[name]) for name, p in trained.named_parameters() if p.dim() > 1]
+        assert all(same) if init_from else not any(drawn), stage  # norms start at 1 and 0 in both
+
+
 def _pseudo_table(path, items, label_of):
     """A real pseudo-label table (Parquet + _meta.json) over `items`: labels from label_of(mask), rank 1."""
     import json

@@ -147,9 +147,9 @@ def as_rows(items: list[Item]) -> list[list]:
 
 
 def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan,
-             method: str = "supervised", spec: dict | None = None):
+             method: str = "supervised", spec: dict | None = None, init_from: str | None = None):
     """The TrainJob of one training stage with `method` (a key of methods.registry.STEPS) and its spec,
-    checked for usable batch sizes."""
+    checked for usable batch sizes; `init_from`: a model file whose weights start the model."""
 
     tc, dc = cfg.train, cfg.data
     if len(train_items) < tc.batch_size * tc.num_workers:
@@ -161,7 +161,7 @@ def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_ite
                     holdout_items=as_rows(plan.holdout),
                     out_dir=run.local_dir(stage), log_to=None if run.is_local else run.path(stage),
                     crop_size=dc.crop_size, scale=dc.scale, image_size=dc.image_size, loader_workers=dc.loader_workers,
-                    method=method, spec=spec)
+                    method=method, spec=spec, init_from=init_from)
 
 
 def stream_spec(sources: list[tuple[str, list[Item]]], batch_size: int, lam: float, reweight: bool, strong: bool,
@@ -202,15 +202,17 @@ def same_training(cfg_a: Config, model_a: ModelConfig, cfg_b: Config, model_b: M
 
 
 def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_items: list[Item], plan: DataPlan,
-                method: str = "supervised", spec: dict | None = None, callbacks=()) -> dict:
+                method: str = "supervised", spec: dict | None = None, callbacks=(), init_from: str | None = None) -> dict:
     """Train one model with `method` and its spec (see the method's file in methods/) as a Ray Train run;
     skip it if it finished with the same inputs. A student's inputs include the contents of the tables
-    it reads. `callbacks` (Ray Train callbacks: a Tune trial's TuneReportCallback) are not inputs."""
+    it reads, and of the model file `init_from` (its weights start the model instead of ImageNet's).
+    `callbacks` (Ray Train callbacks: a Tune trial's TuneReportCallback) are not inputs."""
 
-    job = make_job(run, stage, cfg, model, train_items, plan, method, spec)
+    job = make_job(run, stage, cfg, model, train_items, plan, method, spec, init_from)
     train_inputs = {k: v for k, v in job.train.items() if k not in NOT_INPUTS}
     inputs = fingerprint({"model": job.model, "train": train_inputs, "data": [job.dataset, job.train_items, job.val_items,
-                          job.holdout_items, job.crop_size, job.scale, job.image_size], **_method_inputs(method, spec)})
+                          job.holdout_items, job.crop_size, job.scale, job.image_size], **_method_inputs(method, spec),
+                          **({"init_from": storage.file_digest(init_from)} if init_from else {})})  # absent: as before
     if run.is_done(stage, inputs):
         rec = run.stage(stage)
         print(f"[{stage}] {run.position(stage)} already done with these inputs: {describe_record(rec)} ({rec['checkpoint']})")

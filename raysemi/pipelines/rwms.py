@@ -89,7 +89,8 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
                                          rw.lam, rw.strong, rw.cutmix)
         return out
 
-    found = train_students(cfg, run, plan, table, u1, u2, beside=comparisons, two_lanes=bool(rw.compare))
+    found = train_students(cfg, run, plan, table, u1, u2, teachers["t1"]["checkpoint"], beside=comparisons,
+                           two_lanes=bool(rw.compare))
     if "suponly" in rw.compare and suponly_is_t1:
         found["suponly"] = teachers["t1"]
     results = {k: found[k] for k in ("suponly", "baseline", "s1", "s2", "oracle") if k in found}
@@ -101,25 +102,24 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
 
 
 def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: list[Item], u2: list[Item],
-                   beside=None, two_lanes: bool = False, callbacks=()) -> dict[str, dict]:
+                   t1_checkpoint: str, beside=None, two_lanes: bool = False, callbacks=()) -> dict[str, dict]:
     """The students (Algorithm 1 steps 4-7) on the pair's table: S1 on D_l + U1, S1's pass over U2,
-    S2 on D_l + U1 + U2 (or, with rwms.phases 1, one student on all of U). `beside`, a function
-    returning {stage: record}, trains beside S1 (the comparison stages). `callbacks` go to the
-    students' trainers only (a Tune trial's reporter: the comparison stages must not feed its metric).
-    Returns {stage: record}: "s1" and, with two phases, "s2" (`final_student` names RWMS's result),
-    beside `beside`'s."""
+    S2 on D_l + U1 + U2 (or, with rwms.phases 1, one student on all of U). With rwms.init teacher S1
+    starts from `t1_checkpoint` (T1's model file) and S2 from S1's. `beside`, a function returning
+    {stage: record}, trains beside S1 (the comparison stages). `callbacks` go to the students' trainers
+    only (a Tune trial's reporter: the comparison stages must not feed its metric). Returns {stage:
+    record}: "s1" and, with two phases, "s2" (`final_student` names RWMS's result), beside `beside`'s."""
     rw = cfg.rwms
     student: ModelConfig = rw.student or cfg.teachers.t1
     scfg = student_config(cfg)
     everything = u1 + u2
+    from_teacher = rw.init == "teacher"
 
     def first_student() -> dict[str, dict]:
-        if rw.phases == 1:  # one-phase retraining: one student on all of U with the pair's weights
-            return {"s1": train_stage(run, "s1", scfg, student, plan.labeled, plan, "rwms_student",
-                                      pseudo_spec(scfg, [(table, everything)], rw.reweight, rw.strong),
-                                      callbacks=callbacks)}
+        u = everything if rw.phases == 1 else u1  # one-phase retraining: one student on all of U
         return {"s1": train_stage(run, "s1", scfg, student, plan.labeled, plan, "rwms_student",
-                                  pseudo_spec(scfg, [(table, u1)], rw.reweight, rw.strong), callbacks=callbacks)}
+                                  pseudo_spec(scfg, [(table, u)], rw.reweight, rw.strong), callbacks=callbacks,
+                                  init_from=t1_checkpoint if from_teacher else None)}
 
     # S1 and the comparison stages train side by side, as the two teachers do: on a small machine two
     # 1-thread runs get more done than one run with two threads each in turn.
@@ -131,7 +131,7 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
         found["s2"] = train_stage(run, "s2", _with_both_lanes(scfg, two_lanes), student, plan.labeled, plan,
                                   "rwms_student",
                                   pseudo_spec(scfg, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong),
-                                  callbacks=callbacks)
+                                  callbacks=callbacks, init_from=found["s1"]["checkpoint"] if from_teacher else None)
     return found
 
 

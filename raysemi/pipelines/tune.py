@@ -171,7 +171,8 @@ def _students_on_shared_pass(cfg: Config, shared: RunDir, trial: RunDir, callbac
     plan = plan_data(cfg, trial)
     split = split_by_reliability(table, plan.unlabeled, plan.root, cfg.pseudo.rho, trial.path("splits"))
     u1, u2 = u1_and_u2(cfg, plan, {"split": split})
-    return train_students(cfg, trial, plan, table, u1, u2, callbacks=callbacks)[final_student(cfg.rwms)]
+    return train_students(cfg, trial, plan, table, u1, u2, shared.stage("t1")["checkpoint"],
+                          callbacks=callbacks)[final_student(cfg.rwms)]
 
 
 def _rows(run: RunDir, grid, space: SweepSpace) -> list[dict]:

@@ -11,7 +11,6 @@ running at once; a decode costs about 5 ms of CPU an image against some 127 for 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -46,17 +45,6 @@ if TYPE_CHECKING:
     from raysemi.rundir import RunDir
 
 
-def file_digest(path: str) -> str:
-    """sha256 of a checkpoint file: its identity in the pass's input fingerprint (content, so a copied
-    or touched file that is unchanged does not force a new pass)."""
-    h = hashlib.sha256()
-    fs, fs_path = storage.filesystem(path)
-    with fs.open_input_stream(fs_path) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def describe_models(models: list[tuple[str, str]]) -> list[dict]:
     """[(stage, checkpoint path)] -> what the pass needs to know of each model (loads its bundle once)."""
     out = []
@@ -65,7 +53,7 @@ def describe_models(models: list[tuple[str, str]]) -> list[dict]:
             raise FileNotFoundError(f"checkpoint of {stage} not found: {checkpoint}")
         bundle = load_bundle(checkpoint)
         checkpoint = checkpoint if storage.is_uri(checkpoint) else os.path.abspath(checkpoint)
-        out.append({"stage": stage, "checkpoint": checkpoint, "sha256": file_digest(checkpoint),
+        out.append({"stage": stage, "checkpoint": checkpoint, "sha256": storage.file_digest(checkpoint),
                     "arch": bundle["model"]["arch"], "backbone": bundle["model"]["backbone"],
                     "num_classes": int(bundle["num_classes"]), "dataset": bundle.get("dataset"),
                     "image_size": list(bundle["image_size"]) if bundle.get("image_size") else None})
@@ -77,8 +65,8 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
              ranks_from: str | None = None) -> dict:
     """Label `items` with one model (label only) or a pair (label, rank, reliability) into the table
     `table_uri(run, name)`; the manifest stage is `pseudo_<name>`. Skipped when it finished with the
-    same inputs (checkpoint contents, item ids and paths, resolution, classes and, when stored, the
-    weights' a and b). `expect` ({"dataset": ..., "num_classes": ...}) is checked against the models
+    same inputs (checkpoint contents, item ids and paths, resolution, classes, pseudo.flip and, when
+    stored, the weights' a and b). `expect` ({"dataset": ..., "num_classes": ...}) is checked against the models
     before any work. `ranks_from` (a pair's table, one model only): the rows keep that table's rank
     and reliability, and only the model's labels are new (RWMS step 5). Ray is started (`init_ray(ray_config)`, a no-op if it runs) only when there is
     work to do, so a finished pass answers at once. Returns the stage record."""
@@ -105,7 +93,8 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
     inputs = fingerprint({"format": FORMAT, "models": [[m["stage"], m["sha256"]] for m in described],
                           "items": [[it.id, it.image] for it in items], "image_size": first["image_size"],
                           "num_classes": first["num_classes"], "weights": weights,
-                          "ranks_from": ranks_meta and ranks_meta["inputs"]})
+                          "ranks_from": ranks_meta and ranks_meta["inputs"],
+                          **({"flip": True} if pc.flip else {})})  # absent when off: earlier tables keep their fingerprints
     rec = run.stage(stage)
     # a pass that skipped bad images is not good enough for a rerun that would not skip them
     if (not force and run.is_done(stage, inputs) and (pc.skip_bad or not rec.get("rejected"))
@@ -126,10 +115,11 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
                       threads=max(1, int(pc.cpus_per_actor)), use_gpu=pc.gpus_per_actor > 0,
                       write_weights=pc.write_weights, a=pc.a, b=pc.b, skip_bad=pc.skip_bad, decode_tasks=pc.decode_tasks,
                       rejects_dir=storage.join(tmp, REJECTS_DIR), errors_dir=storage.join(tmp, ERRORS_DIR),
-                      ranks_from=ranks_from)
+                      ranks_from=ranks_from, flip=pc.flip)
         t0 = time.time()
         print(f"[{stage}] labeling {len(items)} images with {source_name(job.models)} at "
-              f"{'x'.join(map(str, job.image_size)) if job.image_size else 'native size'}: {pc.actors} actor(s), "
+              f"{'x'.join(map(str, job.image_size)) if job.image_size else 'native size'}"
+              f"{', flip-averaged' if job.flip else ''}: {pc.actors} actor(s), "
               f"{pc.cpus_per_actor:g} CPU and {pc.gpus_per_actor:g} GPU each, batch {pc.batch_size}", flush=True)
         try:
             init_ray(ray_config or RayConfig())

@@ -28,12 +28,13 @@ ERRORS_DIR = "_errors"  # the same for the image that fails a pass (Ray Data kee
 
 
 def label_images(models: list, images: list[np.ndarray], num_classes: int, device="cpu",
-                 weights: tuple[float, float] | None = None) -> list[dict]:
+                 weights: tuple[float, float] | None = None, flip: bool = False) -> list[dict]:
     """Label same-size uint8 HxWx3 images with one model (label) or a pair (label, rank, reliability,
     and weight if `weights` = (a, b) is given). Probabilities as in evaluation: softmax of the logits
-    resized to the image."""
+    resized to the image; with `flip` (pseudo.flip), averaged with those of the mirrored image,
+    mirrored back, for every model, so labels and ranks both come from the averages."""
     x = torch.stack([normalize(im) for im in images]).to(device)
-    probs = [predict(m, x) for m in models]
+    probs = [predict(m, x, flip=flip) for m in models]
     y1 = class_ids(probs[0]).to(torch.uint8).cpu().numpy()
     out = [{"label": y1[i]} for i in range(len(images))]
     if len(models) == 2:
@@ -66,6 +67,7 @@ class PassJob:
     # a one-model pass that keeps the pair's ranks (RWMS step 5: S1's labels for U2, the teachers'
     # weights): each input row names the Parquet file of that table that holds its rank and r
     ranks_from: str | None = None
+    flip: bool = False  # pseudo.flip: probabilities averaged with the mirrored image's
 
 
 def source_name(models: list[dict]) -> str:
@@ -94,7 +96,7 @@ class Labeler:
         results: list[dict] = [{}] * len(images)
         weights = (job.a, job.b) if job.write_weights else None
         for idx in groups.values():
-            outs = label_images(self.models, [images[i] for i in idx], job.num_classes, self.device, weights)
+            outs = label_images(self.models, [images[i] for i in idx], job.num_classes, self.device, weights, job.flip)
             for i, o in zip(idx, outs):
                 results[i] = o
         if carry is not None:

@@ -46,7 +46,8 @@ from raysemi.methods.registry import build_step
 from raysemi.methods.step import StepContext
 from raysemi.models import build_model
 from raysemi.rundir import duration
-from raysemi.train.checkpoint import BEST_FILE, STATE_FILE, cpu_state_dict, load_torch, make_bundle, save_torch, unwrap
+from raysemi.train.checkpoint import (BEST_FILE, STATE_FILE, cpu_state_dict, load_bundle, load_torch, make_bundle,
+                                      save_torch, unwrap)
 
 
 @dataclass
@@ -71,6 +72,9 @@ class TrainJob:
     method: str = "supervised"  # a key of raysemi.methods.registry.STEPS
     spec: dict | None = None  # the method's settings and data, as its step reads them (see its module)
     ray_logs: bool = False  # Ray Train's per-report lines on the console (raysemi --verbose)
+    # a model file (best.pt) whose weights start the model instead of ImageNet's (rwms.init teacher);
+    # a resumed run starts from its own checkpoint instead
+    init_from: str | None = None
 
 
 def poly_lr(base: float, it: int, total: int, power: float) -> float:
@@ -294,6 +298,8 @@ def _build(job: TrainJob) -> _Run:
 
     info = dataset_info(job.dataset, job.num_classes)
     model = build_model(mc.arch, mc.backbone, job.num_classes, mc.output_stride, mc.pretrained, head_width=mc.head_width)
+    if job.init_from:
+        model.load_state_dict(load_bundle(job.init_from)["state_dict"])
     use_amp = tc.amp and device.type == "cuda"
     model = session.prepare_model(model, device)
     optimizer = build_optimizer(model, tc)
