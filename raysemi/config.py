@@ -211,6 +211,9 @@ class RWMSConfig:
     # its batch (raysemi.data.cutmix); 0 = the paper's jitter, grayscale and blur only
     cutmix: float = 0.0
     lam: float = 1.0  # L = L_s + lam * L_u
+    # lam rises from 0 to lam over this fraction of the students' (and Baseline's) schedule, the sigmoid
+    # ramp-up of Mean Teacher / CCT as ucc.lam_warmup (issue 19's lever); 0: the paper's constant lam
+    lam_warmup: float = 0.0
     pseudo_batch_size: int | None = None  # pseudo-labeled images per batch; default: train.batch_size
     iterations: int | None = None  # the students' schedule; default: train.iterations / train.epochs
     # CPUs (torch threads) per worker of the students and the comparison stages; default: train's.
@@ -229,6 +232,8 @@ class RWMSConfig:
             _bad("rwms.lam", self.lam, ">= 0")
         if not 0 <= self.cutmix <= 1:
             _bad("rwms.cutmix", self.cutmix, "a probability in [0, 1]")
+        if not 0 <= self.lam_warmup < 1:
+            _bad("rwms.lam_warmup", self.lam_warmup, "in [0, 1)")
         if self.pseudo_batch_size is not None and self.pseudo_batch_size < 1:
             _bad("rwms.pseudo_batch_size", self.pseudo_batch_size, ">= 1")
         for key in ("iterations", "cpus_per_worker"):

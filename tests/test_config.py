@@ -53,6 +53,7 @@ def test_data_root_flag_wins(tmp_path):
     ("", ["rwms.init=scratch"], ["rwms.init", "'scratch'", "teacher"]),
     ("rwms: {init: teacher, student: {arch: pspnet}}\n", [], ["rwms.init", "teachers.t1", "c.yaml"]),
     ("", ["pseudo.flip=maybe"], ["pseudo.flip", "'maybe'"]),
+    ("", ["rwms.lam_warmup=1"], ["rwms.lam_warmup", "[0, 1)"]),
 ])
 def test_bad_input_names_key_and_source(tmp_path, text, overrides, words):
     with pytest.raises(ConfigError) as err:

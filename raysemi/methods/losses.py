@@ -7,9 +7,20 @@ step never sees a NaN or a loss without a grad_fn.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def ramped(lam: float, warmup: float, progress: float) -> float:
+    """The weight of an unsupervised loss at a point of the schedule (progress in [0, 1]): the sigmoid
+    ramp-up of Mean Teacher and CCT, lam * exp(-5 (1 - t)^2) with t = progress / warmup, over the first
+    `warmup` of the schedule; lam itself after it, and throughout when warmup is 0."""
+    if progress >= warmup:
+        return lam
+    return lam * math.exp(-5.0 * (1.0 - progress / warmup) ** 2)
 
 
 def _mean_ce(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:

@@ -11,8 +11,12 @@ the pseudo-labeled crops are CutMixed among themselves; the draws depend on (see
 only, so a resumed run mixes as the uninterrupted one would. Iterations and epochs count labeled
 batches, so a student sees its labeled images as often as SupOnly does.
 
+With `lam_warmup` in the spec, lam ramps up along a sigmoid over that fraction of the schedule
+(methods.losses.ramped, as UCC's).
+
 The spec (TrainJob.spec, from pipelines.common.stream_spec): {"sources": [{"uri", "ids"}], "images":
-{id: path}, "a", "b", "reweight", "strong", "lam", "batch_size", "cutmix" (absent when off)}.
+{id: path}, "a", "b", "reweight", "strong", "lam", "batch_size", "cutmix" and "lam_warmup" (absent
+when off)}.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from raysemi.config import ConfigError
 from raysemi.data.cutmix import cutmix_batch
 from raysemi.data.loaders import endless, rank_generator
 from raysemi.data.pseudo_stream import PseudoStream
-from raysemi.methods.losses import weighted_cross_entropy
+from raysemi.methods.losses import ramped, weighted_cross_entropy
 from raysemi.methods.step import Step, StepContext
 
 
@@ -34,6 +38,7 @@ class StudentStep(Step):
         self.criterion = ctx.criterion
         self.lam = float(self.spec["lam"])
         self.cutmix = float(self.spec.get("cutmix", 0.0))
+        self.lam_warmup = float(self.spec.get("lam_warmup", 0.0))
 
     @staticmethod
     def check_spec(spec: dict, stage: str, workers: int) -> None:
@@ -44,6 +49,7 @@ class StudentStep(Step):
 
     def describe(self) -> str:
         return (f"; {self.spec['batch_size']} pseudo-labeled images per batch, lam {self.lam:g}"
+                + (f" (warm-up over the first {self.lam_warmup:.0%})" if self.lam_warmup else "")
                 + (f", CutMix p {self.cutmix:g}" if self.cutmix else ""))
 
     def batches(self):
@@ -63,7 +69,7 @@ class StudentStep(Step):
         logits = model(torch.cat([image, u_image.to(device, non_blocking=True)]))
         n = image.shape[0]
         loss_u = weighted_cross_entropy(logits[n:], u_mask.to(device), u_weight.to(device))
-        return self.criterion(logits[:n], mask) + self.lam * loss_u, loss_u, {}
+        return self.criterion(logits[:n], mask) + ramped(self.lam, self.lam_warmup, progress) * loss_u, loss_u, {}
 
     def mixed(self, u: dict, it: int) -> tuple:
         """The pseudo-labeled batch, CutMixed when the spec asks for it."""

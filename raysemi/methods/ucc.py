@@ -21,7 +21,6 @@ there is dropout off.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -34,6 +33,7 @@ from raysemi.data.copy_paste import ClassConfidence, dcscp_batch
 from raysemi.data.datasets import IGNORE_INDEX
 from raysemi.data.items import items_from_rows
 from raysemi.data.ucc_views import UnlabeledViews
+from raysemi.methods.losses import ramped
 from raysemi.methods.step import Step, StepContext, shuffled_batches
 from raysemi.methods.ugrm import cross_supervision_loss
 
@@ -59,15 +59,6 @@ def dropout_off(model: nn.Module) -> Iterator[nn.Module]:
 # they travel to the workers as TrainJob.spec["settings"] and make up the UCC stage's fingerprint.
 STEP_SETTINGS = ("lam", "views", "ugrm", "ugrm_reading", "copy_paste", "paste_p", "paste_classes",
                  "confidence_momentum", "lam_warmup")
-
-
-def lam_at(settings: UCCConfig, progress: float) -> float:
-    """lam at a point of the schedule (progress in [0, 1]): the sigmoid ramp-up of Mean Teacher and
-    CCT, exp(-5 (1 - t)^2) with t = progress / lam_warmup, over the first lam_warmup of the
-    schedule; lam itself after it (and throughout when lam_warmup is 0, as in the paper)."""
-    if progress >= settings.lam_warmup:
-        return settings.lam
-    return settings.lam * math.exp(-5.0 * (1.0 - progress / settings.lam_warmup) ** 2)
 
 
 class UCCStep(Step):
@@ -172,7 +163,7 @@ class UCCStep(Step):
                                                reading=s.ugrm_reading, pasted_labels=pasted)
         if self.dynamic:
             self._update_confidence(out1.detach(), out2.detach(), mask)
-        return loss_s + lam_at(s, progress) * loss_u, loss_u, stats
+        return loss_s + ramped(s.lam, s.lam_warmup, progress) * loss_u, loss_u, stats
 
     def _update_confidence(self, logits1: Tensor, logits2: Tensor, mask: Tensor) -> None:
         probs = (logits1.float().softmax(1) + logits2.float().softmax(1)) / 2  # the heads' ensemble

@@ -165,12 +165,14 @@ def make_job(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_ite
 
 
 def stream_spec(sources: list[tuple[str, list[Item]]], batch_size: int, lam: float, reweight: bool, strong: bool,
-                a: float = 1.0, b: float = 1.0, cutmix: float = 0.0) -> dict:
+                a: float = 1.0, b: float = 1.0, cutmix: float = 0.0, lam_warmup: float = 0.0) -> dict:
     """A student's TrainJob.spec (methods/rwms_student.py): the rows of tables [(table, items)] streamed
     beside the labeled batches, how they weigh (w = a exp(-b (x - 1)) with reweight, else 1) and are
-    augmented (CutMix belongs to the strong augmentation: none without it), lam of L_s + lam L_u, and
-    how many a batch holds."""
-    mix = {"cutmix": cutmix} if strong and cutmix else {}  # absent when off: earlier runs keep their fingerprints
+    augmented (CutMix belongs to the strong augmentation: none without it), lam of L_s + lam L_u with
+    its warm-up, and how many a batch holds."""
+    # absent when off: earlier runs keep their fingerprints
+    mix = {"cutmix": cutmix} if strong and cutmix else {}
+    mix |= {"lam_warmup": lam_warmup} if lam_warmup else {}
     return {**mix, "sources": [{"uri": uri, "ids": [it.id for it in items]} for uri, items in sources],
             "images": {it.id: it.image for _, items in sources for it in items},
             "a": a, "b": b, "reweight": reweight, "strong": strong, "lam": lam, "batch_size": batch_size}

@@ -40,10 +40,11 @@ def student_config(cfg: Config) -> Config:
 
 
 def pseudo_spec(cfg: Config, sources: list[tuple[str, list[Item]]], reweight: bool, strong: bool) -> dict:
-    """A student's TrainJob.spec: [(table, items)] with the config's weights, lam, CutMix and batch."""
+    """A student's TrainJob.spec: [(table, items)] with the config's weights, lam and its warm-up, CutMix
+    and batch."""
     rw = cfg.rwms
     return stream_spec(sources, rw.pseudo_batch_size or cfg.train.batch_size, rw.lam, reweight, strong,
-                       cfg.pseudo.a, cfg.pseudo.b, rw.cutmix)
+                       cfg.pseudo.a, cfg.pseudo.b, rw.cutmix, rw.lam_warmup)
 
 
 def u1_and_u2(cfg: Config, plan: DataPlan, pass_rec: dict) -> tuple[list[Item], list[Item]]:

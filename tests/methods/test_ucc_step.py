@@ -13,7 +13,8 @@ from torch import nn
 
 from raysemi.config import ConfigError, UCCConfig, load_config
 from raysemi.methods.losses import CrossEntropy
-from raysemi.methods.ucc import UCCStep, dropout_off, lam_at
+from raysemi.methods.losses import ramped
+from raysemi.methods.ucc import UCCStep, dropout_off
 from raysemi.methods.ugrm import cross_supervision_loss
 
 C = 3
@@ -261,11 +262,10 @@ def test_ranks_keep_one_class_confidence_the_mean_over_all_their_pixels(tmp_path
 
 
 def test_lam_warms_up_along_a_sigmoid_then_stays():
-    s = UCCConfig(lam=2.0, lam_warmup=0.5)
-    assert lam_at(s, 0.0) == pytest.approx(2.0 * np.exp(-5.0))
-    assert lam_at(s, 0.25) == pytest.approx(2.0 * np.exp(-5.0 * 0.25))  # t = 0.5: exp(-5 * 0.5^2)
-    assert lam_at(s, 0.5) == 2.0 and lam_at(s, 0.9) == 2.0
-    assert lam_at(UCCConfig(lam=2.0), 0.0) == 2.0, "no warm-up: the paper's constant lam"
+    assert ramped(2.0, 0.5, 0.0) == pytest.approx(2.0 * np.exp(-5.0))
+    assert ramped(2.0, 0.5, 0.25) == pytest.approx(2.0 * np.exp(-5.0 * 0.25))  # t = 0.5: exp(-5 * 0.5^2)
+    assert ramped(2.0, 0.5, 0.5) == 2.0 and ramped(2.0, 0.5, 0.9) == 2.0
+    assert ramped(2.0, 0.0, 0.0) == 2.0, "no warm-up: the paper's constant lam"
     image, mask, u = batches(7)
     early, _, _ = UCCStep(UCCConfig(copy_paste="none", lam_warmup=0.5), C, CrossEntropy())(
         ToyCrossHead(), image, mask, u, progress=0.0)
