@@ -123,12 +123,14 @@ def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
 def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_root, capsys, kill_after_first_checkpoint):
     """`raysemi rwms` with the smoke config on the run that holds the smoke teachers and pass: they are
     reused; SIGKILL during S2, the last stage, after its first checkpoint; the same command resumes S2
-    from it; a third run skips every stage. (Killed in the last stage, the students before it run once.)"""
+    from it; a third run skips every stage. (Killed in the last stage, the students before it run once.)
+    The students start from their teacher (rwms.init teacher): S2's inputs hold S1's model file, so the
+    resume also shows that an unchanged S1 leaves S2's fingerprint as it was."""
     from raysemi.pseudo.table import read_pseudo_table, table_meta
 
     _, run, _ = teachers_run
     cmd = RAYSEMI + ["rwms", "--config", str(REPO / "experiments/smoke/rwms.yaml"), "--run", run.root,
-                     "--data-root", str(camvid_root), *FAST_ARGS]
+                     "--data-root", str(camvid_root), *FAST_ARGS, "--set", "rwms.init=teacher"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS"}  # the command sets it itself
     metrics_csv = Path(run.path("s2", "metrics.csv"))
     first = kill_after_first_checkpoint(cmd, metrics_csv)  # S2's first checkpoint (epoch 1 of 2)
@@ -163,6 +165,10 @@ def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_ro
     for stage in ("s1", "pseudo_s1", "s2", "baseline"):
         assert stages[stage]["status"] == "done", stage
     assert "SupOnly is T1" in log and "suponly" not in stages  # same model and schedule: not trained twice
+    # rwms.init teacher: S1 started from T1's model file, S2 from S1's (Baseline from ImageNet)
+    assert "[s1] 33 training images" in first and f"started from the weights of {stages['t1']['checkpoint']}" in first
+    assert f"started from the weights of {stages['s1']['checkpoint']}" in log
+    assert not re.search(r"\[baseline\] \d+ training images.*started from", first)
     # S1's pass labels U2 only and keeps the teacher pair's ranks and reliability
     s1_table = read_pseudo_table(stages["pseudo_s1"]["table"], columns=["id", "rank", "reliability"])
     pair = read_pseudo_table(stages["pseudo_teachers"]["table"], columns=["id", "rank", "reliability"],

@@ -274,7 +274,8 @@ def _train(job: TrainJob) -> dict:
         log.say(f"resumed from the checkpoint of epoch {progress.start_epoch} "
                 f"(best val mIoU {100 * progress.best['val_miou']:.2f})")
     log.say(f"{len(run.loader.dataset)} training images, {len(run.loader)} iterations/epoch, {run.epochs} epochs, "
-            f"{run.session.world} worker(s) on {run.device.type}{run.step.describe()}")
+            f"{run.session.world} worker(s) on {run.device.type}{run.step.describe()}"
+            + (f"; started from the weights of {job.init_from}" if job.init_from else ""))
     progress.loop_started = progress.t0 = time.time()
     for epoch in range(progress.start_epoch, run.epochs):
         _train_one_epoch(run, progress, epoch, log)
