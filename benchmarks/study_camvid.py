@@ -29,7 +29,8 @@ METHODS = ("rwms", "ucc", "unimatch")  # each protocol folder holds <method>.yam
 
 
 def study_command(run: str, seeds: str, data_root: str | None = None, parallel: str | None = None,
-                  sets: list[str] = (), methods: tuple[str, ...] = ("rwms", "ucc"), protocol: str = "study") -> list[str]:
+                  sets: list[str] = (), methods: tuple[str, ...] = ("rwms", "ucc"), protocol: str = "study",
+                  rows: list[str] = (), tables_only: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "raysemi.cli", "study"]
     for method in METHODS:
         if method in methods:
@@ -38,7 +39,9 @@ def study_command(run: str, seeds: str, data_root: str | None = None, parallel: 
     cmd += ["--data-root", data_root] * bool(data_root) + ["--parallel", parallel] * bool(parallel)
     for item in sets:
         cmd += ["--set", item]
-    return cmd
+    for path in rows:
+        cmd += ["--rows", path]
+    return cmd + ["--tables-only"] * tables_only
 
 
 def main() -> int:
@@ -52,12 +55,16 @@ def main() -> int:
     ap.add_argument("--parallel", help="runs at once (default: raysemi study's auto)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override a config value in every run (repeatable)")
+    ap.add_argument("--rows", action="append", default=[], metavar="CSV",
+                    help="an earlier study.csv whose rows join the table (raysemi study --rows; repeatable)")
+    ap.add_argument("--tables-only", action="store_true", help="only the tables of what finished (no training)")
     args = ap.parse_args()
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
         ap.error(f"--methods: {', '.join(sorted(unknown))} is not one of {', '.join(METHODS)}")
     code = subprocess.run(study_command(args.run, args.seeds, args.data_root, args.parallel, args.set,
-                                        tuple(args.methods.split(",")), args.protocol), cwd=REPO).returncode
+                                        tuple(args.methods.split(",")), args.protocol, args.rows,
+                                        args.tables_only), cwd=REPO).returncode
     md = Path(REPO, args.run, "study.md") if not Path(args.run).is_absolute() else Path(args.run, "study.md")
     if md.is_file():
         table = [line for line in md.read_text().split("## Per seed")[0].splitlines() if line.startswith("|")]

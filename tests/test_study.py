@@ -151,6 +151,39 @@ def test_tables_only_writes_what_finished_and_names_the_rest_without_ray(tmp_pat
     assert not (root / "ucc" / "split0-seed1" / "manifest.json").exists()  # nothing was started
 
 
+def test_rows_of_an_earlier_session_join_the_tables(tmp_path, capsys):
+    """--rows: seed 0 finished elsewhere (its study.csv kept), seed 1 here; the table is over both seeds,
+    seed 1 is not called pending, and a row the run directories hold wins over the CSV's."""
+    import ray
+
+    earlier_root = tmp_path / "elsewhere"
+    RunDir(earlier_root / "ucc" / "split0-seed0").update_stage("ucc", status="done", val_miou=0.40, holdout_miou=0.30,
+                                                                best_epoch=2)
+    assert main(["study", "--config", SMOKE_UCC, "--method", "ucc", "--seeds", "0", "--run", str(earlier_root),
+                 "--tables-only"]) == 0
+    root = tmp_path / "here"
+    RunDir(root / "ucc" / "split0-seed1").update_stage("ucc", status="done", val_miou=0.44, holdout_miou=0.34,
+                                                        best_epoch=2)
+    cmd = ["study", "--config", SMOKE_UCC, "--method", "ucc", "--seeds", "0,1", "--run", str(root), "--tables-only",
+           "--rows", str(earlier_root / "study.csv")]
+    assert main(cmd) == 0 and not ray.is_initialized()
+    rows = list(csv.DictReader(open(root / "study.csv")))
+    assert [(r["seed"], r["holdout_selected"]) for r in rows] == [("1", "34.00"), ("0", "30.00")]
+    md = (root / "study.md").read_text()
+    assert "not run yet" not in md and "| 2 |" in md  # n = 2 seeds, 32.00 ± 2.83
+    assert "32.00 ± 2.83" in md
+    RunDir(root / "ucc" / "split0-seed0").update_stage("ucc", status="done", val_miou=0.40, holdout_miou=0.31,
+                                                        best_epoch=2)
+    assert main(cmd) == 0
+    rows = list(csv.DictReader(open(root / "study.csv")))
+    assert sorted((r["seed"], r["holdout_selected"]) for r in rows) == [("0", "31.00"), ("1", "34.00")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("config,model\nucc,UCC\n")
+    capsys.readouterr()
+    assert main(cmd[:-1] + [str(bad)]) == 2
+    assert f"{bad}: not a study.csv (no column 'method')" in capsys.readouterr().err
+
+
 def test_plan_names_seeds_and_overrides(tmp_path):
     other = tmp_path / "ucc.yaml"  # the same stem as the smoke config
     other.write_text(Path(SMOKE_UCC).read_text())

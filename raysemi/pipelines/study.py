@@ -29,6 +29,7 @@ import yaml
 
 from raysemi import storage
 from raysemi.config import Config, ConfigError, dump_yaml, load_config
+from raysemi.data.items import DataError
 from raysemi.figures import RELIABLE_COLOUR, UNRELIABLE_COLOUR, new_figure, save_png
 from raysemi.methods.metrics import percent
 from raysemi.pipelines.common import same_training
@@ -104,6 +105,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="runs at once (default auto: 1 on a local Ray; on a cluster as many as its CPUs hold)")
     p.add_argument("--tables-only", action="store_true",
                    help="write study.csv/md/png from the runs that finished so far; train nothing, start no Ray")
+    p.add_argument("--rows", action="append", default=[], metavar="CSV",
+                   help="an earlier study.csv (another machine's or session's runs of these configs): its rows join "
+                        "the tables where the run directories hold none for that (config, model, split seed, seed); "
+                        "repeatable")
 
 
 # --- planning ---------------------------------------------------------------------------------
@@ -453,10 +458,45 @@ def study_plot(rows: list[dict], path) -> str:
 # --- the command ------------------------------------------------------------------------------
 
 
-def write_outputs(root: RunDir, runs: list[StudyRun], failed: dict[str, str]) -> tuple[dict, str]:
-    """study.csv, study.md and study.png from the run directories' manifests; returns the paths and
-    the summary table."""
+def read_rows(path: str) -> list[dict]:
+    """The rows of an earlier study.csv as `collect_rows` makes them (mIoU back to fractions, seeds and
+    epochs to integers). DataError naming the file when it is not a study.csv."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path}: not a study.csv (no column {missing[0]!r})")
+            rows = list(reader)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}") from None
+    out = []
+    for line, r in enumerate(rows, 2):
+        try:
+            out.append({**r, **{m: float(r[m]) / 100 if r[m] else None for m in METRICS},
+                        "split_seed": int(r["split_seed"]), "seed": int(r["seed"]),
+                        "best_epoch": int(r["best_epoch"]) if r["best_epoch"] else None})
+        except ValueError:
+            raise DataError(f"{path}, line {line}: a value is not a number: {r}") from None
+    return out
+
+
+def _row_key(row: dict) -> tuple:
+    return row["config"], row["model"], int(row["split_seed"]), int(row["seed"])
+
+
+def with_earlier(rows: list[dict], earlier: list[dict]) -> list[dict]:
+    """`rows`, then the earlier rows of each (config, model, split seed, seed) that `rows` lack."""
+    have = {_row_key(r) for r in rows}
+    return rows + [r for r in earlier if _row_key(r) not in have]
+
+
+def write_outputs(root: RunDir, runs: list[StudyRun], failed: dict[str, str],
+                  earlier: list[dict] = ()) -> tuple[dict, str]:
+    """study.csv, study.md and study.png from the run directories' manifests and the `earlier` rows
+    (`--rows`); returns the paths and the summary table."""
     rows, notes = collect_rows(runs)
+    rows = with_earlier(rows, list(earlier))
     summary = summarise(rows)
     paths = {"csv": root.write_text("study.csv", csv_text(rows)),
              "png": study_plot(rows, root.path("study.png"))}
@@ -478,9 +518,12 @@ def run_study(args: argparse.Namespace) -> int:
 
     root = RunDir(args.run)
     runs = plan_runs(root.root, args.config, args.method, args.seeds, args.split_seeds, args.set, args.data_root)
+    earlier = [row for path in args.rows for row in read_rows(path)]
     if args.tables_only:  # a study in progress: the tables of what finished, the rest named in study.md
-        pending = {r.label: "not run yet (--tables-only)" for r in runs if not collect_rows([r])[0]}
-        paths, table = write_outputs(root, runs, pending)
+        covered = {(r["config"], r["split_seed"], r["seed"]) for r in earlier}
+        pending = {r.label: "not run yet (--tables-only)" for r in runs
+                   if not collect_rows([r])[0] and (r.name, r.split_seed, r.seed) not in covered}
+        paths, table = write_outputs(root, runs, pending, earlier)
         print(f"\n{table}\n\nstudy: {paths['md']}\ntable: {paths['csv']}\nplot: {paths['png']}")
         return 0
     init_ray(runs[0].cfg.ray)  # once, before the runs' threads
@@ -490,7 +533,7 @@ def run_study(args: argparse.Namespace) -> int:
           f"{parallel} at once: {why}")
     root.write_text("study.yaml", yaml.safe_dump(study_args(args, runs, parallel), sort_keys=False))
     failed = run_all(runs, parallel)
-    paths, table = write_outputs(root, runs, failed)
+    paths, table = write_outputs(root, runs, failed, earlier)
     print(f"\n{table}\n\nstudy: {paths['md']}\ntable: {paths['csv']}\nplot: {paths['png']}")
     if failed:
         print(f"raysemi study: error: {len(failed)} of {len(runs)} runs failed: " +
