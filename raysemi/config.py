@@ -277,6 +277,16 @@ class UCCConfig:
     confidence_momentum: float = 0.999  # alpha of Eq. 6 (AEL's value; the paper gives none)
     strong_max_ops: int = 3  # N ~ U{1..strong_max_ops} operations from the pool of nine per view
     compare: list[str] = field(default_factory=list)  # "suponly", "oracle"
+    # RWMS-guided UCC (issue 19; no paper has it): "rwms" trains UCC on the teacher pair's table of the
+    # RWMS run directory `guidance_run` (its teachers and pass, not trained again; it must label the same
+    # images). guidance_order: the unlabeled images enter in RWMS's order, U1 (the pass's reliable
+    # half) for the first half of the schedule, then all of U. guidance_weights: each cross-supervision
+    # pixel term is weighted by UGRM's weight times the pair's rank weight a * exp(-b (x - 1)) (pseudo.a,
+    # pseudo.b). The ablations are one of the two off. "none": UCC as the paper has it.
+    guidance: Literal["none", "rwms"] = "none"
+    guidance_run: str | None = None
+    guidance_order: bool = True
+    guidance_weights: bool = True
 
     def validate(self) -> None:
         if self.model.arch not in ("crosshead", "crossmodel"):
@@ -297,6 +307,13 @@ class UCCConfig:
         if not 1 <= self.strong_max_ops <= 9:
             _bad("ucc.strong_max_ops", self.strong_max_ops, "in [1, 9] (the pool has nine operations)")
         _check_compare("ucc.compare", self.compare, ("suponly", "oracle"))
+        if self.guidance == "rwms":
+            if not self.guidance_run:
+                _bad("ucc.guidance_run", self.guidance_run, "the RWMS run directory whose teachers' pass guides UCC "
+                     "(ucc.guidance rwms)")
+            if not (self.guidance_order or self.guidance_weights):
+                _bad("ucc.guidance_order", False, "true, or ucc.guidance_weights true (with both off, use "
+                     "ucc.guidance none)")
 
 
 @dataclass

@@ -66,8 +66,8 @@ class SweepSpace:
 def allowed(method: str, key: str) -> bool:
     if key in _FIXED:
         return False
-    if method == "ucc":
-        return key.startswith("ucc.")
+    if method == "ucc":  # pseudo.a, pseudo.b: the rank weights of RWMS-guided UCC (ucc.guidance rwms)
+        return key.startswith("ucc.") or key in ("pseudo.a", "pseudo.b")
     return key.startswith("rwms.") or key in ("pseudo.a", "pseudo.b", "pseudo.rho")
 
 
@@ -95,7 +95,7 @@ def _check(space: SweepSpace, cfg: Config) -> None:
     for key, spec in space.params.items():
         kind = spec.kind(key)
         if not allowed(space.method, key):
-            what = ("ucc.* (not ucc.compare)" if space.method == "ucc" else
+            what = ("ucc.* (not ucc.compare), pseudo.a, pseudo.b" if space.method == "ucc" else
                     "rwms.* (not rwms.compare, rwms.cpus_per_worker), pseudo.a, pseudo.b, pseudo.rho")
             raise ConfigError(f"params.{key}: cannot be swept with method {space.method}; allowed: {what}")
         values = getattr(spec, kind)

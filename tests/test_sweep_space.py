@@ -61,6 +61,11 @@ def test_ucc_space_sweeps_the_ucc_switches(tmp_path):
     sp = load_space(space(tmp_path, "method: ucc\nparams:\n  ucc.lam: {grid: [0.5, 2]}\n"
                                     "  ucc.copy_paste: {grid: [none, dcscp]}\n  ucc.ugrm: {choice: [true, false]}\n"), cfg)
     assert sp.trials() == 4
+    # RWMS-guided UCC: its switches and the pair's rank weights
+    guided = load_config(REPO / "experiments/smoke/ucc_guided.yaml")
+    sp = load_space(space(tmp_path, "method: ucc\nparams:\n  ucc.guidance_order: {grid: [true, false]}\n"
+                                    "  pseudo.b: {grid: [0.5, 1, 2]}\n"), guided)
+    assert sp.trials() == 6
 
 
 @pytest.mark.parametrize("text, words", [
@@ -70,6 +75,7 @@ def test_ucc_space_sweeps_the_ucc_switches(tmp_path):
     ("params:\n  pseudo.actors: {grid: [1]}\n", ["params.pseudo.actors", "cannot be swept"]),
     ("params:\n  rwms.compare: {grid: [[]]}\n", ["params.rwms.compare", "cannot be swept"]),
     ("method: ucc\nparams:\n  rwms.lam: {grid: [1]}\n", ["params.rwms.lam", "method ucc", "ucc.*"]),
+    ("method: ucc\nparams:\n  pseudo.rho: {grid: [0.3]}\n", ["params.pseudo.rho", "method ucc", "pseudo.a, pseudo.b"]),
     ("params:\n  rwms.lambda: {grid: [1]}\n", ["rwms.lambda", "not a value of the config"]),
     ("params:\n  pseudo.rho: {grid: [0.5, 1.5]}\n", ["pseudo.rho", "1.5"]),
     ("params:\n  rwms.phases: {choice: [2, 3]}\n", ["rwms.phases", "3"]),

@@ -120,6 +120,32 @@ def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
     assert run.stage("pseudo_teachers")["figures"]["weight_maps"] == run.path("figures", "weight_maps.png")
 
 
+def test_rwms_guided_ucc_trains_on_the_teachers_pass_then_rerun_skips(teachers_run, camvid_root, tmp_path, capsys):
+    """`raysemi ucc` with experiments/smoke/ucc_guided.yaml on this module's smoke teachers and their pass:
+    UCC reads the pair's table (U1 first, the rank weights), trains, and a rerun trains nothing; a run
+    without a finished pass is refused before Ray starts."""
+    from raysemi.pipelines.pseudo import run_pseudo
+
+    cfg, run, _ = teachers_run
+    run_pseudo(cfg, run)  # done by an earlier test (skipped then), or now when this test runs alone
+    table = run.stage("pseudo_teachers")["table"]
+    guided = tmp_path / "guided"
+    args = ["ucc", "--config", str(REPO / "experiments/smoke/ucc_guided.yaml"), "--run", str(guided),
+            "--data-root", str(camvid_root), *FAST_ARGS, "--set", "train.epochs=1", "--set", f"ucc.guidance_run={run.root}"]
+    capsys.readouterr()
+    assert main(args) == 0
+    seen = capsys.readouterr()
+    rec = RunDir(guided).stage("ucc")
+    assert rec["status"] == "done" and 0 < rec["val_miou"] <= 1 and 0 < rec["holdout_miou"] <= 1
+    assert f"guided by the RWMS pass {table} (order and weights)" in seen.out + seen.err
+    assert main(args) == 0
+    assert "[ucc] stage 1/1 already done with these inputs" in capsys.readouterr().out
+    empty = tmp_path / "no-pass"
+    empty.mkdir()
+    assert main(args[:-1] + [f"ucc.guidance_run={empty}", "--run", str(tmp_path / "refused")]) == 2
+    assert "its teachers' pass (pseudo_teachers) has not finished" in capsys.readouterr().err
+
+
 def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_root, capsys, kill_after_first_checkpoint):
     """`raysemi rwms` with the smoke config on the run that holds the smoke teachers and pass: they are
     reused; SIGKILL during S2, the last stage, after its first checkpoint; the same command resumes S2

@@ -44,6 +44,7 @@ class StepContext:
     world: int
     # Ray Train's prepare_data_loader (a DistributedSampler per rank) or, in a plain process, the identity
     prepare_loader: Callable = lambda loader: loader
+    iterations: int = 0  # the run's length in steps (labeled batches): a step that changes along it
 
 
 class Step:

@@ -32,7 +32,7 @@ from raysemi.config import ConfigError, UCCConfig
 from raysemi.data.copy_paste import ClassConfidence, dcscp_batch
 from raysemi.data.datasets import IGNORE_INDEX
 from raysemi.data.items import items_from_rows
-from raysemi.data.ucc_views import UnlabeledViews
+from raysemi.data.ucc_views import RankMaps, UnlabeledViews
 from raysemi.methods.losses import ramped
 from raysemi.methods.step import Step, StepContext, shuffled_batches
 from raysemi.methods.ugrm import cross_supervision_loss
@@ -70,7 +70,13 @@ class UCCStep(Step):
 
     In a training job (`from_context`) the spec is TrainJob.spec from pipelines.ucc.ucc_spec:
     {"settings": the STEP_SETTINGS of UCCConfig, "unlabeled": [[id, image, None]], "batch_size",
-    "strong_max_ops"}; a UCCConfig built elsewhere (tests, benchmarks) is used as it is.
+    "strong_max_ops"} and, for RWMS-guided UCC, "guidance": {"table", "u1" (ids), "order", "weights",
+    "a", "b", "inputs"}; a UCCConfig built elsewhere (tests, benchmarks) is used as it is.
+
+    Guidance (ucc.guidance rwms): with "order" the unlabeled batches come from U1 for the first half of
+    the run's steps, then from all of U (the count of batches drawn is part of the step's state, so a
+    resumed run switches where the first would have); with "weights" each sample carries the pair's
+    rank weight, which multiplies both cross-supervision terms' UGRM weights.
     """
 
     state_key = "ucc"  # the checkpoint's key for every rank's state
@@ -86,32 +92,59 @@ class UCCStep(Step):
         self.dynamic = settings.copy_paste in ("dcp", "dcscp")
         self.cross_set = settings.copy_paste in ("cscp", "dcscp")
 
+    guide: dict | None = None  # the spec's "guidance" (RWMS-guided UCC), or None
+    drawn = 0  # unlabeled batches drawn so far (guidance order: U1's half, then all of U)
+
     @classmethod
     def from_context(cls, ctx: StepContext) -> UCCStep:
         step = cls(UCCConfig(**ctx.spec["settings"]), ctx.num_classes, ctx.criterion, ctx.seed, ctx.rank, ctx.world)
         step.ctx = ctx
+        step.guide = ctx.spec.get("guidance")
         return step
 
     @staticmethod
     def check_spec(spec: dict, stage: str, workers: int) -> None:
-        if len(spec["unlabeled"]) < spec["batch_size"] * workers:
-            raise ConfigError(f"{stage}: {len(spec['unlabeled'])} unlabeled images are fewer than one batch "
-                              f"(ucc.unlabeled_batch_size {spec['batch_size']} x train.num_workers {workers})")
+        guide = spec.get("guidance")
+        for name, count in (("unlabeled", len(spec["unlabeled"])),
+                            *((("U1 (ucc.guidance_order)", len(guide["u1"])),) if guide and guide["order"] else ())):
+            if count < spec["batch_size"] * workers:
+                raise ConfigError(f"{stage}: {count} {name} images are fewer than one batch "
+                                  f"(ucc.unlabeled_batch_size {spec['batch_size']} x train.num_workers {workers})")
 
     def describe(self) -> str:
         s = self.s
         return (f"; UCC with {self.ctx.spec['batch_size']} unlabeled images per batch, views {s.views}, copy-paste "
                 f"{s.copy_paste}, UGRM {s.ugrm_reading if s.ugrm else 'off'}, lam {s.lam:g}"
-                + (f" (warm-up over the first {s.lam_warmup:.0%})" if s.lam_warmup else ""))
+                + (f" (warm-up over the first {s.lam_warmup:.0%})" if s.lam_warmup else "")
+                + (f"; guided by the RWMS pass {self.guide['table']} ("
+                   + " and ".join(k for k in ("order", "weights") if self.guide[k]) + ")" if self.guide else ""))
 
     def batches(self):
-        """Endless batches of the unlabeled views (weak, and two strong unless views is "w"), this rank's share."""
-        ctx, u = self.ctx, self.ctx.spec
-        views = UnlabeledViews(items_from_rows(u["unlabeled"]), ctx.info, ctx.crop_size, ctx.scale, ctx.image_size,
-                               strong_views=self.s.views != "w", strong_max_ops=u["strong_max_ops"])
-        return shuffled_batches(ctx, views, u["batch_size"], 3,
-                                f"{ctx.stage}: {len(views)} unlabeled images give no full batch of {u['batch_size']} "
-                                f"per worker ({ctx.world} worker(s))")
+        """Endless batches of the unlabeled views (weak, and two strong unless views is "w"), this rank's share;
+        with guidance order, U1's for the first half of the run's steps, then all of U's."""
+        ctx, u, g = self.ctx, self.ctx.spec, self.guide
+        items = items_from_rows(u["unlabeled"])
+        ranks = RankMaps(g["table"], [it.id for it in items]) if g and g["weights"] else None
+
+        def stream(subset: list, number: int):
+            views = UnlabeledViews(subset, ctx.info, ctx.crop_size, ctx.scale, ctx.image_size,
+                                   strong_views=self.s.views != "w", strong_max_ops=u["strong_max_ops"],
+                                   ranks=ranks, a=g["a"] if g else 1.0, b=g["b"] if g else 1.0)
+            return shuffled_batches(ctx, views, u["batch_size"], number,
+                                    f"{ctx.stage}: {len(views)} unlabeled images give no full batch of "
+                                    f"{u['batch_size']} per worker ({ctx.world} worker(s))")
+
+        if not (g and g["order"]):
+            return stream(items, 3)
+        u1 = set(g["u1"])
+        return self._in_order(stream([it for it in items if it.id in u1], 4), stream(items, 3), ctx.iterations // 2)
+
+    def _in_order(self, early: Iterator, late: Iterator, switch: int) -> Iterator:
+        """`early`'s batches while fewer than `switch` were drawn (over the whole run), then `late`'s."""
+        while True:
+            source = early if self.drawn < switch else late
+            self.drawn += 1
+            yield next(source)
 
     def log_text(self, loss_u, stats: dict) -> str:
         kept = (f", UGRM keeps {100 * float(stats['used_1']):.0f}/{100 * float(stats['used_2']):.0f}% of pixels"
@@ -126,6 +159,7 @@ class UCCStep(Step):
             self.load_state_dict(states[rank])
         else:
             self.confidence.load_state_dict(states[0]["confidence"])
+            self.drawn = states[0].get("drawn", 0)  # every rank draws one batch a step
 
     def __call__(self, model: nn.Module, image: Tensor, mask: Tensor, u: dict[str, Tensor], progress: float = 1.0,
                  it: int = 0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -160,7 +194,8 @@ class UCCStep(Step):
         if targets is None:
             targets = (pred1.detach().softmax(1), pred2.detach().softmax(1))
         loss_u, stats = cross_supervision_loss(pred1, pred2, *targets, ignore_mask=u["ignore"], ugrm=s.ugrm,
-                                               reading=s.ugrm_reading, pasted_labels=pasted)
+                                               reading=s.ugrm_reading, pasted_labels=pasted,
+                                               pixel_weight=u.get("weight"))
         if self.dynamic:
             self._update_confidence(out1.detach(), out2.detach(), mask)
         return loss_s + ramped(s.lam, s.lam_warmup, progress) * loss_u, loss_u, stats
@@ -175,8 +210,9 @@ class UCCStep(Step):
         self.confidence.update_from_sums(sums, counts)
 
     def state_dict(self) -> dict:
-        return {"confidence": self.confidence.state_dict(), "rng": self.rng.bit_generator.state}
+        return {"confidence": self.confidence.state_dict(), "rng": self.rng.bit_generator.state, "drawn": self.drawn}
 
     def load_state_dict(self, state: dict) -> None:
         self.confidence.load_state_dict(state["confidence"])
         self.rng.bit_generator.state = state["rng"]
+        self.drawn = state.get("drawn", 0)  # checkpoints from before guidance do not hold it

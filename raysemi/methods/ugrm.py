@@ -70,6 +70,7 @@ def cross_supervision_loss(
     reading: str = "text",
     ignore_index: int = 255,
     pasted_labels: Tensor | None = None,
+    pixel_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """UCC's unsupervised loss L_u = L(q1 -> head 2) + L(q2 -> head 1); returns (loss, stats).
 
@@ -84,6 +85,8 @@ def cross_supervision_loss(
         weak-view pseudo labels and their UGRM weights (the weak view never saw the pasted object;
         its label is certain). It overrides ignore_mask there (the pasted pixel is real content).
         Build it with dcscp_batch(..., pseudo_targets=torch.full((B, H, W), ignore_index)).
+    pixel_weight: optional float B x H x W multiplying both terms' weights (RWMS-guided UCC: the teacher
+        pair's rank weight a * exp(-b (x - 1)), 0 on padding); pasted pixels keep their weight 1.
 
     stats (detached scalars): u_mean_1 / u_mean_2, the mean weight of each term over counted
     pixels, and used_1 / used_2, the fraction of counted pixels whose weight is > 0.
@@ -113,6 +116,11 @@ def cross_supervision_loss(
         if ignore_mask.shape != q1.shape:
             raise ValueError(f"ignore_mask must be B x H x W {tuple(q1.shape)}, got {tuple(ignore_mask.shape)}")
         counted = ~ignore_mask.bool()
+    if pixel_weight is not None:
+        if pixel_weight.shape != q1.shape:
+            raise ValueError(f"pixel_weight must be B x H x W {tuple(q1.shape)}, got {tuple(pixel_weight.shape)}")
+        u1 = u1 * pixel_weight.float()
+        u2 = u2 * pixel_weight.float()
     if pasted_labels is not None:
         if pasted_labels.shape != q1.shape:
             raise ValueError(

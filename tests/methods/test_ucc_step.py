@@ -272,3 +272,21 @@ def test_lam_warms_up_along_a_sigmoid_then_stays():
     late, loss_u, _ = UCCStep(UCCConfig(copy_paste="none", lam_warmup=0.5), C, CrossEntropy())(
         ToyCrossHead(), image, mask, u, progress=0.6)
     assert late.item() - early.item() == pytest.approx((2.0 - 2.0 * np.exp(-5.0)) * loss_u.item(), rel=1e-5)
+
+
+def test_guidance_order_draws_u1_for_the_first_half_then_all_of_u_and_resumes_there():
+    """RWMS-guided UCC's order: batches from U1 while fewer than half the run's steps were drawn, then from
+    all of U; the count is the step's state, so a resumed run goes on from the late stream."""
+    import itertools
+
+    step = UCCStep(UCCConfig(copy_paste="none"), C, CrossEntropy())
+    got = list(itertools.islice(step._in_order(iter("abcdef"), iter("UVWXYZ"), 3), 5))
+    assert got == ["a", "b", "c", "U", "V"]
+    state = step.state_dict()
+    assert state["drawn"] == 5
+    resumed = UCCStep(UCCConfig(copy_paste="none"), C, CrossEntropy())
+    resumed.restore([state], rank=0)
+    assert list(itertools.islice(resumed._in_order(iter("abc"), iter("UVW"), 3), 2)) == ["U", "V"]
+    more_ranks = UCCStep(UCCConfig(copy_paste="none"), C, CrossEntropy())
+    more_ranks.restore([state], rank=1)  # a rank the checkpoint did not have draws where the others are
+    assert more_ranks.drawn == 5

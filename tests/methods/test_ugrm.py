@@ -94,6 +94,23 @@ def test_pasted_labels_override_with_weight_one():
     assert loss.item() == pytest.approx(term_2 + term_1)
 
 
+def test_pixel_weights_multiply_both_terms_but_not_pasted_pixels():
+    """RWMS-guided UCC: the pair's rank weights [1, .5, .25, 1] times UGRM's. q1 -> head 2 keeps pixel 0
+    (u .9 x 1); q2 -> head 1 pixels 1 (.8 x .5) and 2 (.9 x .25). Pasted pixel 3 keeps weight 1."""
+    weight = torch.tensor([[[1.0, 0.5], [0.25, 1.0]]])
+    loss, _ = cross_supervision_loss(*inputs(), pixel_weight=weight)
+    term_2 = 0.9 * -math.log(0.7) / 0.9
+    term_1 = (0.4 * -math.log(0.7) + 0.225 * -math.log(0.6)) / 0.625
+    assert loss.item() == pytest.approx(term_2 + term_1)
+    pasted = torch.tensor([[[255, 255], [255, 1]]])
+    loss, _ = cross_supervision_loss(*inputs(), pasted_labels=pasted, pixel_weight=weight * 0.5)  # pixel 3 still 1
+    term_2 = (0.45 * -math.log(0.7) + 1.0 * -math.log(0.1)) / 1.45
+    term_1 = (0.2 * -math.log(0.7) + 0.1125 * -math.log(0.6) + 1.0 * -math.log(0.8)) / 1.3125
+    assert loss.item() == pytest.approx(term_2 + term_1)
+    with pytest.raises(ValueError, match="pixel_weight"):
+        cross_supervision_loss(*inputs(), pixel_weight=weight[:, 0])
+
+
 def test_all_zero_weights_give_zero_with_grad():
     s1, s2, pw1, _ = inputs()
     # identical weak predictions: every pixel is a tie, so no pseudo label is used
