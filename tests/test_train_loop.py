@@ -162,6 +162,30 @@ def test_ucc_loop_trains_checkpoints_its_dcscp_state_and_resumes(synthetic_root,
     assert metrics["best_miou"] > 0.4, "three flat-coloured classes are easy for UCC too"
 
 
+def test_guided_ucc_loop_reads_the_pairs_ranks_and_checkpoints_its_draws(synthetic_root, tmp_path):
+    """RWMS-guided UCC in a plain process: the unlabeled views carry the table's rank weights (U1, half of
+    U, for the first half of the steps), the checkpoint holds how many batches were drawn, and a longer
+    run resumes from that count (12 labeled / batch 4 = 3 steps an epoch)."""
+    from raysemi.pipelines.ucc import ucc_spec
+
+    cfg = small_cfg(synthetic_root, "data.labeled_fraction=1/2", "train.epochs=4", "train.eval_every=2",
+                    "train.log_every=1", "ucc.model.arch=crosshead", "ucc.model.backbone=resnet18",
+                    "ucc.model.pretrained=false", "ucc.unlabeled_batch_size=2", "ucc.views=w", "ucc.lam=0.5")
+    run = RunDir(tmp_path / "run")
+    plan = plan_data(cfg, run)
+    table = _pseudo_table(tmp_path / "table", plan.unlabeled, lambda m: m)
+    spec = {**ucc_spec(cfg, plan), "guidance": {"table": table, "u1": sorted(it.id for it in plan.unlabeled[:6]),
+                                                "order": True, "weights": True, "a": 1.0, "b": 1.0, "inputs": "t"}}
+    job = make_job(run, "ucc", cfg, cfg.ucc.model, plan.labeled, plan, "ucc", spec)
+    run_plain(replace(job, train={**job.train, "epochs": 2}))
+    state_file = tmp_path / "run" / "ucc" / "local_checkpoint" / "state.pt"
+    assert torch.load(state_file, weights_only=True)["ucc"][0]["drawn"] == 6
+    metrics = run_plain(job)
+    assert metrics["epoch"] == 4 and torch.load(state_file, weights_only=True)["ucc"][0]["drawn"] == 12
+    rows = list(csv.DictReader(open(tmp_path / "run" / "ucc" / "metrics.csv")))
+    assert len([r for r in rows if r["loss_u"]]) == 12 and all(np.isfinite(float(r["loss_u"])) for r in rows if r["loss_u"])
+
+
 def test_unimatch_loop_trains_and_resumes(synthetic_root, tmp_path):
     """UniMatch in a plain process: 12 labeled + 12 unlabeled synthetic images, 2 unlabeled + 2 mix a step.
     conf_thresh 0: every pixel counts, so L_u is positive from the start; a longer run resumes."""
