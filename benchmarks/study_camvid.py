@@ -25,16 +25,21 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("rwms", "ucc", "unimatch")  # each protocol folder holds <method>.yaml for each
+# the configs a protocol folder may hold (<name>.yaml) and the pipeline each runs; in this order, so that
+# RWMS-guided UCC (ucc.guidance_run "study:rwms") comes after the RWMS runs it reads
+METHODS = {"rwms": "rwms", "ucc": "ucc", "unimatch": "unimatch", "ucc_guided": "ucc"}
 
 
 def study_command(run: str, seeds: str, data_root: str | None = None, parallel: str | None = None,
                   sets: list[str] = (), methods: tuple[str, ...] = ("rwms", "ucc"), protocol: str = "study",
                   rows: list[str] = (), tables_only: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "raysemi.cli", "study"]
-    for method in METHODS:
-        if method in methods:
-            cmd += ["--config", str(REPO / "experiments" / "camvid" / protocol / f"{method}.yaml"), "--method", method]
+    for name, method in METHODS.items():
+        if name in methods:
+            config = REPO / "experiments" / "camvid" / protocol / f"{name}.yaml"
+            if not config.is_file():
+                raise SystemExit(f"study_camvid.py: --methods {name}: {config} does not exist (protocol {protocol})")
+            cmd += ["--config", str(config), "--method", method]
     cmd += ["--seeds", seeds, "--run", run]
     cmd += ["--data-root", data_root] * bool(data_root) + ["--parallel", parallel] * bool(parallel)
     for item in sets:
@@ -48,7 +53,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/study-camvid", help="the study's directory (a rerun resumes)")
     ap.add_argument("--seeds", default="0,1,2", help="train.seed of the runs (default: 0,1,2)")
-    ap.add_argument("--methods", default="rwms,ucc", help="which configs, of rwms, ucc and unimatch (default: rwms,ucc)")
+    ap.add_argument("--methods", default="rwms,ucc",
+                    help="which configs, of rwms, ucc, unimatch and ucc_guided (study_1-30 only) (default: rwms,ucc)")
     ap.add_argument("--protocol", default="study", choices=("study", "study_1-30"),
                     help="the experiments/camvid/ folder of the configs (default: study)")
     ap.add_argument("--data-root")

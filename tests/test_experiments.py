@@ -207,12 +207,13 @@ def test_voc_teacher_2_choices():
 # --- the CPU protocols of the seed study -------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["rwms", "ucc", "unimatch"])
+@pytest.mark.parametrize("method", ["rwms", "ucc", "unimatch", "ucc_guided"])
 def test_the_1_30_protocol_changes_only_the_data_and_the_schedule(method):
     """Each method under the 1/30 protocol is its 1/8 study config with only protocol.yaml's keys changed."""
-    cfg, base = load(f"camvid/study_1-30/{method}.yaml"), load(f"camvid/study/{method}.yaml")
+    cfg, base = load(f"camvid/study_1-30/{method}.yaml"), load(f"camvid/study/{method.split('_')[0]}.yaml")
+    guided = {"ucc.guidance", "ucc.guidance_run"} if method == "ucc_guided" else set()
     assert differing(cfg, base) == {"data.labeled_fraction", "data.image_size", "data.crop_size", "train.iterations",
-                                    "train.eval_every", "train.log_every", "rwms.iterations"}
+                                    "train.eval_every", "train.log_every", "rwms.iterations"} | guided
     assert (cfg.data.labeled_fraction, cfg.data.split_seed, cfg.data.image_size) == ("1/30", 0, [64, 80])
     assert cfg.train.iterations == cfg.rwms.iterations == 600 and cfg.train.eval_every == 120
     assert round(266 * parse_fraction(cfg.data.labeled_fraction)) == 9  # labeled images: one batch of 8 an epoch

@@ -184,6 +184,19 @@ def test_rows_of_an_earlier_session_join_the_tables(tmp_path, capsys):
     assert f"{bad}: not a study.csv (no column 'method')" in capsys.readouterr().err
 
 
+def test_guided_ucc_reads_the_rwms_run_of_its_seeds(tmp_path):
+    """ucc.guidance_run "study:rwms": each guided UCC run is pointed at the study's RWMS run with the same
+    seeds; without an RWMS config before it the plan is refused, naming the file."""
+    guided = tmp_path / "ucc_guided.yaml"
+    guided.write_text(f"extends: {REPO / 'experiments/smoke/ucc_guided.yaml'}\nucc: {{guidance_run: 'study:rwms'}}\n")
+    runs = study.plan_runs(str(tmp_path / "s"), [SMOKE_RWMS, str(guided)], ["rwms", "ucc"], [0, 1], None)
+    rwms = {r.seed: r.run for r in runs if r.method == "rwms"}
+    assert {r.seed: r.cfg.ucc.guidance_run for r in runs if r.method == "ucc"} == rwms
+    assert rwms[1] == str(tmp_path / "s" / "rwms" / "split0-seed1")
+    with pytest.raises(study.ConfigError, match=r"ucc_guided.yaml: ucc.guidance_run 'study:rwms' needs an RWMS config"):
+        study.plan_runs(str(tmp_path / "s"), [str(guided), SMOKE_RWMS], ["ucc", "rwms"], [0], None)
+
+
 def test_plan_names_seeds_and_overrides(tmp_path):
     other = tmp_path / "ucc.yaml"  # the same stem as the smoke config
     other.write_text(Path(SMOKE_UCC).read_text())

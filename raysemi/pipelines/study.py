@@ -22,7 +22,7 @@ import io
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -172,12 +172,33 @@ def plan_runs(root: str, configs: list[str], methods: list[str], seeds: list[int
                 cfg = load_config(path, [*sets, *extra], data_root)
                 runs.append(StudyRun(name, path, method, split_seed, seed,
                                      storage.join(root, name, f"split{split_seed}-seed{seed}"), cfg))
+    _guide_by_the_studys_rwms_runs(runs)
     first = runs[0].cfg.ray
     for r in runs:
         if r.cfg.ray != first:
             raise ConfigError(f"--config: {r.config} has another ray section ({r.cfg.ray}) than {runs[0].config} "
                               f"({first}); one Ray serves the whole study")
     return runs
+
+
+# ucc.guidance_run of a study's RWMS-guided UCC config: the RWMS run of the same split seed and seed
+STUDY_RWMS = "study:rwms"
+
+
+def _guide_by_the_studys_rwms_runs(runs: list[StudyRun]) -> None:
+    """Point each RWMS-guided UCC run whose ucc.guidance_run is "study:rwms" at the study's RWMS run with
+    its split seed and seed (the first RWMS config's), which must come before it in the plan: a study
+    runs in plan order, so with --parallel 1 the pass it reads has finished when it starts."""
+    for k, r in enumerate(runs):
+        uc = r.cfg.ucc
+        if r.method != "ucc" or uc.guidance != "rwms" or uc.guidance_run != STUDY_RWMS:
+            continue
+        source = next((o for o in runs[:k] if o.method == "rwms" and (o.split_seed, o.seed) == (r.split_seed, r.seed)),
+                      None)
+        if source is None:
+            raise ConfigError(f"{r.config}: ucc.guidance_run {STUDY_RWMS!r} needs an RWMS config before it in the "
+                              f"study (--config ... --method rwms first) for split seed {r.split_seed}, seed {r.seed}")
+        r.cfg = replace(r.cfg, ucc=replace(uc, guidance_run=source.run))
 
 
 def cpus_per_run(run: StudyRun) -> int:
