@@ -144,9 +144,24 @@ def kill_after_first_checkpoint():
     def evaluated(path: str) -> bool:
         return any(r.get("val_miou") for r in csv.DictReader(open(path)))
 
+    def registered(checkpoint: str) -> bool:
+        """A file matching `checkpoint` (RAY_RUN/checkpoint_*/FILE) exists and Ray Train's checkpoint
+        manager has recorded its directory (RAY_RUN/checkpoint_manager_snapshot.json names it): only
+        then does a restarted run find it through get_checkpoint()."""
+        for path in glob.glob(checkpoint):
+            folder = Path(path).parent
+            snapshot = folder.parent / "checkpoint_manager_snapshot.json"
+            try:
+                if folder.name in snapshot.read_text():
+                    return True
+            except OSError:
+                pass
+        return False
+
     def run(cmd: list[str], metrics_csv: Path | str, timeout: float = 300, checkpoint: str | None = None) -> str:
-        """`checkpoint`: a glob of a file the checkpoint holds; given, the kill waits until it exists
-        (under load, one second after the evaluation's row is not always enough for it to land)."""
+        """`checkpoint`: a glob of a file the checkpoint holds (RAY_RUN/checkpoint_*/FILE); given, the kill
+        waits until it exists and Ray Train has recorded it (under load, one second after the
+        evaluation's row is not always enough: a run killed before the record starts over)."""
         env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True, env=env)
@@ -155,7 +170,7 @@ def kill_after_first_checkpoint():
             if any(evaluated(p) for p in glob.glob(str(metrics_csv))):
                 break
             time.sleep(0.5)
-        while checkpoint and not glob.glob(checkpoint) and time.time() < deadline and proc.poll() is None:
+        while checkpoint and not registered(checkpoint) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(1.0)  # let the checkpoint land in storage
