@@ -238,6 +238,27 @@ def test_a_failed_run_leaves_the_others_and_exits_1(tmp_path, monkeypatch, capsy
     assert (root / "study.png").is_file() and (root / "study.yaml").is_file()
 
 
+def test_runs_whose_rows_come_from_rows_are_not_run_again(tmp_path, monkeypatch, capsys):
+    """Without Ray: seed 0's rows come from an earlier study.csv, so only seed 1 runs; the table has both."""
+    ran = []
+
+    def fake_run(run):
+        ran.append(run.seed)
+        RunDir(run.run).update_stage("ucc", status="done", val_miou=0.44, holdout_miou=0.34, best_epoch=2)
+
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text(study.csv_text([{**_row("UCC", 0, 0.40, 0.30, config="ucc"), "run": "elsewhere"}]))
+    monkeypatch.setattr(study, "init_ray", lambda rc: None)
+    monkeypatch.setattr(study, "run_one", fake_run)
+    root = tmp_path / "s"
+    assert main(["study", "--config", SMOKE_UCC, "--method", "ucc", "--seeds", "0,1", "--run", str(root),
+                 "--rows", str(earlier)]) == 0
+    assert ran == [1] and "[study] ucc/split0-seed0: its rows come from --rows; not run here" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(root / "study.csv")))
+    assert sorted((r["seed"], r["holdout_selected"], r["run"]) for r in rows) == [
+        ("0", "30.00", "elsewhere"), ("1", "34.00", str(root / "ucc" / "split0-seed1"))]
+
+
 # --- argument errors --------------------------------------------------------------------------
 
 
