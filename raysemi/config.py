@@ -242,6 +242,11 @@ class RWMSConfig:
         _check_compare("rwms.compare", self.compare, ("suponly", "baseline", "oracle"))
 
 
+# ucc.guidance_run of a study's RWMS-guided UCC config: `raysemi study` points it at the study's RWMS run
+# of the same split seed and seed (raysemi.pipelines.study)
+STUDY_RWMS = "study:rwms"
+
+
 @dataclass
 class UCCConfig:
     """UCC (DESIGN.md §1, paper ucc.txt) and the paper's ablations as values:

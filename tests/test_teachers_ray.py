@@ -144,6 +144,8 @@ def test_rwms_guided_ucc_trains_on_the_teachers_pass_then_rerun_skips(teachers_r
     empty.mkdir()
     assert main(args[:-1] + [f"ucc.guidance_run={empty}", "--run", str(tmp_path / "refused")]) == 2
     assert "its teachers' pass (pseudo_teachers) has not finished" in capsys.readouterr().err
+    assert main(args[:-1] + ["ucc.guidance_run=study:rwms", "--run", str(tmp_path / "refused")]) == 2
+    assert "names the RWMS run of a `raysemi study`" in capsys.readouterr().err
 
 
 def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_root, capsys, kill_after_first_checkpoint):

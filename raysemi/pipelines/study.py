@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from raysemi import storage
-from raysemi.config import Config, ConfigError, dump_yaml, load_config
+from raysemi.config import STUDY_RWMS, Config, ConfigError, dump_yaml, load_config
 from raysemi.data.items import DataError
 from raysemi.figures import RELIABLE_COLOUR, UNRELIABLE_COLOUR, new_figure, save_png
 from raysemi.methods.metrics import percent
@@ -179,10 +179,6 @@ def plan_runs(root: str, configs: list[str], methods: list[str], seeds: list[int
             raise ConfigError(f"--config: {r.config} has another ray section ({r.cfg.ray}) than {runs[0].config} "
                               f"({first}); one Ray serves the whole study")
     return runs
-
-
-# ucc.guidance_run of a study's RWMS-guided UCC config: the RWMS run of the same split seed and seed
-STUDY_RWMS = "study:rwms"
 
 
 def _guide_by_the_studys_rwms_runs(runs: list[StudyRun]) -> None:

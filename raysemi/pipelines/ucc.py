@@ -6,7 +6,7 @@ a rerun skips it when it finished and resumes it from its last checkpoint when i
 """
 from __future__ import annotations
 
-from raysemi.config import Config
+from raysemi.config import STUDY_RWMS, Config, ConfigError
 from raysemi.data.items import DataError
 from raysemi.data.splits import read_split_file
 from raysemi.methods.ucc import STEP_SETTINGS
@@ -39,6 +39,9 @@ def rwms_guidance(cfg: Config, plan: DataPlan) -> dict:
     fingerprint (an input of the UCC stage). DataError unless that run labeled the same images, its pass
     finished, its maps are at this run's image size and it holds a row for every unlabeled image."""
     uc = cfg.ucc
+    if uc.guidance_run == STUDY_RWMS:
+        raise ConfigError(f"ucc.guidance_run {STUDY_RWMS!r} names the RWMS run of a `raysemi study`; outside a study "
+                          "name the RWMS run directory: --set ucc.guidance_run=DIR")
     source = RunDir(uc.guidance_run)
     rec = source.stage(PASS_STAGE)
     if not rec or rec.get("status") != "done" or "split" not in rec:
