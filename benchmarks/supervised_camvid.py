@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from raysemi.config import load_config
-from raysemi.pipelines.common import plan_data, train_oracle, train_stage
+from raysemi.pipelines.common import plan_data, train_stage
+from raysemi.pipelines.rwms import rwms_oracle
 from raysemi.ray_start import init_ray
 from raysemi.rundir import RunDir
 
@@ -49,9 +50,7 @@ def main() -> None:
             cfg = replace(cfg, train=replace(cfg.train, eval_every=max(1, round(args.eval_steps / steps_per_epoch))))
         t0 = time.time()
         if oracle:
-            rw = cfg.rwms
-            rec = train_oracle(run, cfg, cfg.model, plan, rw.pseudo_batch_size or cfg.train.batch_size, rw.lam,
-                               rw.strong, rw.cutmix)
+            rec = rwms_oracle(run, cfg, cfg.model, plan)
         else:
             rec = train_stage(run, "supervised", cfg, cfg.model, plan.labeled, plan)
         return rec, len(plan.labeled), time.time() - t0

@@ -19,27 +19,23 @@ from raysemi.data.datasets import IGNORE_INDEX, DatasetInfo, SegmentationDataset
 from raysemi.data.items import DataError, Item
 from raysemi.data.transforms import StrongPoolUCC, WeakAugment, normalize
 from raysemi.methods.reliability import rank_weights
-from raysemi.pseudo.table import decode, table_dataset
+from raysemi.pseudo.table import decode, ranks_files
 
 
 class RankMaps:
-    """The agreement-rank maps of a teacher pair's table, one row read at a time by id (the id -> file
-    index is built once from the id column; plain strings, so DataLoader workers can take a copy)."""
+    """The agreement-rank maps of a teacher pair's table, one row read at a time by id from the file that
+    holds it (`ranks_files`, read once)."""
 
     def __init__(self, uri: str, ids: list[str]):
         self.uri = uri
-        self.file_of: dict[str, str] = {}
-        data = table_dataset(uri)
-        for fragment in data.get_fragments():
-            for id_ in fragment.to_table(schema=data.schema, columns=["id"])["id"].to_pylist():
-                self.file_of[id_] = fragment.path
+        self.fs, _ = storage.filesystem(uri)
+        self.file_of = ranks_files(uri)
         missing = [i for i in ids if i not in self.file_of]
         if missing:
             raise DataError(f"pseudo-label table {uri} has no row for id {missing[0]!r} ({len(missing)} missing)")
 
     def __call__(self, id_: str) -> np.ndarray:
-        fs, _ = storage.filesystem(self.uri)
-        rows = pq.read_table(self.file_of[id_], filesystem=fs, columns=["id", "height", "width", "rank"],
+        rows = pq.read_table(self.file_of[id_], filesystem=self.fs, columns=["id", "height", "width", "rank"],
                              filters=[("id", "==", id_)]).to_pylist()
         if not rows or rows[0]["rank"] is None:
             raise DataError(f"pseudo-label table {self.uri}: no rank map for id {id_!r} (a one-model pass?)")

@@ -91,9 +91,8 @@ class UCCStep(Step):
         # CP and CSCP draw classes uniformly: a confidence that never moves keeps them equally likely
         self.dynamic = settings.copy_paste in ("dcp", "dcscp")
         self.cross_set = settings.copy_paste in ("cscp", "dcscp")
-
-    guide: dict | None = None  # the spec's "guidance" (RWMS-guided UCC), or None
-    drawn = 0  # unlabeled batches drawn so far (guidance order: U1's half, then all of U)
+        self.guide: dict | None = None  # the spec's "guidance" (RWMS-guided UCC), set by from_context
+        self.drawn = 0  # unlabeled batches drawn so far (guidance order: U1's half, then all of U)
 
     @classmethod
     def from_context(cls, ctx: StepContext) -> UCCStep:
@@ -105,19 +104,22 @@ class UCCStep(Step):
     @staticmethod
     def check_spec(spec: dict, stage: str, workers: int) -> None:
         guide = spec.get("guidance")
-        for name, count in (("unlabeled", len(spec["unlabeled"])),
-                            *((("U1 (ucc.guidance_order)", len(guide["u1"])),) if guide and guide["order"] else ())):
+        counts = {"unlabeled": len(spec["unlabeled"])}
+        if guide and guide["order"]:
+            counts["U1 (ucc.guidance_order)"] = len(guide["u1"])
+        for name, count in counts.items():
             if count < spec["batch_size"] * workers:
                 raise ConfigError(f"{stage}: {count} {name} images are fewer than one batch "
                                   f"(ucc.unlabeled_batch_size {spec['batch_size']} x train.num_workers {workers})")
 
     def describe(self) -> str:
-        s = self.s
+        s, g = self.s, self.guide
+        guided = ""
+        if g:
+            guided = f"; guided by the RWMS pass {g['table']} ({' and '.join(k for k in ('order', 'weights') if g[k])})"
         return (f"; UCC with {self.ctx.spec['batch_size']} unlabeled images per batch, views {s.views}, copy-paste "
                 f"{s.copy_paste}, UGRM {s.ugrm_reading if s.ugrm else 'off'}, lam {s.lam:g}"
-                + (f" (warm-up over the first {s.lam_warmup:.0%})" if s.lam_warmup else "")
-                + (f"; guided by the RWMS pass {self.guide['table']} ("
-                   + " and ".join(k for k in ("order", "weights") if self.guide[k]) + ")" if self.guide else ""))
+                + (f" (warm-up over the first {s.lam_warmup:.0%})" if s.lam_warmup else "") + guided)
 
     def batches(self):
         """Endless batches of the unlabeled views (weak, and two strong unless views is "w"), this rank's share;

@@ -47,6 +47,14 @@ def pseudo_spec(cfg: Config, sources: list[tuple[str, list[Item]]], reweight: bo
                        cfg.pseudo.a, cfg.pseudo.b, rw.cutmix, rw.lam_warmup)
 
 
+def rwms_oracle(run: RunDir, cfg: Config, model: ModelConfig, plan: DataPlan) -> dict:
+    """The Oracle on the students' recipe (the rwms section: pseudo-labeled batch, lam, strong
+    augmentation, CutMix) with U's true masks in place of pseudo labels."""
+    rw = cfg.rwms
+    return train_oracle(run, cfg, model, plan, rw.pseudo_batch_size or cfg.train.batch_size, rw.lam, rw.strong,
+                        rw.cutmix)
+
+
 def u1_and_u2(cfg: Config, plan: DataPlan, pass_rec: dict) -> tuple[list[Item], list[Item]]:
     """U1 and U2: the pass's split by reliability, or (rwms.split random) a seeded draw of the same sizes."""
     reliable = read_split_file(pass_rec["split"]["reliable_file"], plan.root)
@@ -86,8 +94,7 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
             out["baseline"] = train_stage(run, "baseline", scfg, student, plan.labeled, plan, "rwms_student",
                                           pseudo_spec(scfg, [(table, everything)], False, False))
         if "oracle" in rw.compare:  # S2's recipe with U's true masks: the ceiling of any pseudo labels
-            out["oracle"] = train_oracle(run, scfg, student, plan, rw.pseudo_batch_size or cfg.train.batch_size,
-                                         rw.lam, rw.strong, rw.cutmix)
+            out["oracle"] = rwms_oracle(run, scfg, student, plan)
         return out
 
     found = train_students(cfg, run, plan, table, u1, u2, teachers["t1"]["checkpoint"], beside=comparisons,

@@ -537,9 +537,10 @@ def run_study(args: argparse.Namespace) -> int:
     runs = plan_runs(root.root, args.config, args.method, args.seeds, args.split_seeds, args.set, args.data_root)
     earlier = [row for path in args.rows for row in read_rows(path)]
     covered = {(r["config"], r["split_seed"], r["seed"]) for r in earlier}
+    unfinished = [r for r in runs if not collect_rows([r])[0]]
+    elsewhere = [r for r in unfinished if (r.name, r.split_seed, r.seed) in covered]  # --rows holds them
     if args.tables_only:  # a study in progress: the tables of what finished, the rest named in study.md
-        pending = {r.label: "not run yet (--tables-only)" for r in runs
-                   if not collect_rows([r])[0] and (r.name, r.split_seed, r.seed) not in covered}
+        pending = {r.label: "not run yet (--tables-only)" for r in unfinished if r not in elsewhere}
         paths, table = write_outputs(root, runs, pending, earlier)
         print(f"\n{table}\n\nstudy: {paths['md']}\ntable: {paths['csv']}\nplot: {paths['png']}")
         return 0
@@ -549,7 +550,6 @@ def run_study(args: argparse.Namespace) -> int:
     print(f"[study] {len(runs)} runs ({n} config{'s' * (n != 1)} x {len(runs) // n} (split seed, seed) pairs), "
           f"{parallel} at once: {why}")
     root.write_text("study.yaml", yaml.safe_dump(study_args(args, runs, parallel), sort_keys=False))
-    elsewhere = [r for r in runs if (r.name, r.split_seed, r.seed) in covered and not collect_rows([r])[0]]
     for r in elsewhere:
         print(f"[study] {r.label}: its rows come from --rows; not run here")
     failed = run_all([r for r in runs if r not in elsewhere], parallel)

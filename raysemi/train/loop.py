@@ -315,14 +315,15 @@ def _build(job: TrainJob) -> _Run:
                                                generator=rank_generator(tc.seed, session.rank, 1)))
     eval_sets = _eval_sets(job, tc, info, session.rank, session.world)
     epochs = math.ceil(tc.iterations / len(loader)) if tc.iterations else tc.epochs
+    total = epochs * len(loader)  # iterations, counted in labeled batches
     step = build_step(job.method, StepContext(
         stage=job.stage, spec=job.spec, criterion=criterion, num_classes=job.num_classes, info=info,
         crop_size=tuple(job.crop_size), scale=tuple(job.scale), image_size=_size(job.image_size),
         loader_workers=job.loader_workers, seed=tc.seed, rank=session.rank, world=session.world,
-        prepare_loader=session.prepare_loader, iterations=epochs * len(loader)))
+        prepare_loader=session.prepare_loader, iterations=total))
     extras = step.batches()
     return _Run(job, tc, mc, session, device, info, model, optimizer, scaler, use_amp, loader, eval_sets, step,
-                extras, epochs, epochs * len(loader))
+                extras, epochs, total)
 
 
 def _restore(run: _Run) -> _Progress:

@@ -47,16 +47,14 @@ def _rank_table(path, rows: dict) -> str:
     """A complete pseudo-label table (Parquet + _meta.json) of {id: rank map}; labels all 0."""
     import json
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raysemi.pseudo.table import FORMAT, META_FILE, encode_map, table_schema
+    from raysemi.pseudo.table import FORMAT, META_FILE, results_table, table_schema
 
     path.mkdir(parents=True)
-    records = [{"id": i, "height": r.shape[0], "width": r.shape[1], "label": encode_map(np.zeros_like(r)),
-                "rank": encode_map(r), "reliability": 0.5, "source": "test"} for i, r in rows.items()]
-    pq.write_table(pa.Table.from_pylist(records, schema=table_schema()), path / "part-0.parquet")
-    (path / META_FILE).write_text(json.dumps({"format": FORMAT, "rows": len(records), "image_size": None,
+    results = [{"label": np.zeros_like(r), "rank": r, "reliability": 0.5} for r in rows.values()]
+    pq.write_table(results_table(list(rows), results, "test", table_schema()), path / "part-0.parquet")
+    (path / META_FILE).write_text(json.dumps({"format": FORMAT, "rows": len(rows), "image_size": None,
                                               "columns": table_schema().names, "inputs": "test"}))
     return str(path)
 
