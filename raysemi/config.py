@@ -292,6 +292,9 @@ class UCCConfig:
     guidance_run: str | None = None
     guidance_order: bool = True
     guidance_weights: bool = True
+    # Issue 19's lever: the weak view's pseudo labels come from an EMA copy of the model with this decay
+    # (Mean Teacher; raysemi.methods.ema) instead of from the model itself. 0: the model itself, the paper's
+    ema_labeler: float = 0.0
 
     def validate(self) -> None:
         if self.model.arch not in ("crosshead", "crossmodel"):
@@ -309,6 +312,11 @@ class UCCConfig:
             _bad("ucc.paste_classes", self.paste_classes, ">= 1")
         if not 0 <= self.confidence_momentum < 1:
             _bad("ucc.confidence_momentum", self.confidence_momentum, "in [0, 1)")
+        if not 0 <= self.ema_labeler < 1:
+            _bad("ucc.ema_labeler", self.ema_labeler, "in [0, 1) (0: the model labels itself)")
+        if self.ema_labeler and self.views != "ws":
+            _bad("ucc.ema_labeler", self.ema_labeler, f"0 with ucc.views {self.views!r}: only 'ws' has a labeling "
+                 "forward of its own")
         if not 1 <= self.strong_max_ops <= 9:
             _bad("ucc.strong_max_ops", self.strong_max_ops, "in [1, 9] (the pool has nine operations)")
         _check_compare("ucc.compare", self.compare, ("suponly", "oracle"))

@@ -18,6 +18,9 @@ softmax (all-reduced across DDP ranks, so every rank samples classes from the sa
 (plain cross-head co-training, Table 3 without WS); "s" strong -> strong, head m's label from its
 own strong view supervising the peer's. Only "ws" has a forward of its own for the labels, so only
 there is dropout off.
+
+`ema_labeler` (issue 19's lever, 0 by default: the paper's) takes the weak view's labels from an EMA
+copy of the model (raysemi.methods.ema), in the same modes (dropout off, BatchNorm in train mode).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from raysemi.data.copy_paste import ClassConfidence, dcscp_batch
 from raysemi.data.datasets import IGNORE_INDEX
 from raysemi.data.items import items_from_rows
 from raysemi.data.ucc_views import RankMaps, UnlabeledViews
+from raysemi.methods.ema import EMALabeler
 from raysemi.methods.losses import ramped
 from raysemi.methods.step import Step, StepContext, shuffled_batches
 from raysemi.methods.ugrm import cross_supervision_loss
@@ -59,6 +63,8 @@ def dropout_off(model: nn.Module) -> Iterator[nn.Module]:
 # they travel to the workers as TrainJob.spec["settings"] and make up the UCC stage's fingerprint.
 STEP_SETTINGS = ("lam", "views", "ugrm", "ugrm_reading", "copy_paste", "paste_p", "paste_classes",
                  "confidence_momentum", "lam_warmup")
+# Settings added later: in the spec only when not their default, so that earlier runs keep their fingerprints
+LATER_SETTINGS = ("ema_labeler",)
 
 
 class UCCStep(Step):
@@ -93,6 +99,7 @@ class UCCStep(Step):
         self.cross_set = settings.copy_paste in ("cscp", "dcscp")
         self.guide: dict | None = None  # the spec's "guidance" (RWMS-guided UCC), set by from_context
         self.drawn = 0  # unlabeled batches drawn so far (guidance order: U1's half, then all of U)
+        self.labeler = EMALabeler(settings.ema_labeler) if settings.ema_labeler else None
 
     @classmethod
     def from_context(cls, ctx: StepContext) -> UCCStep:
@@ -119,7 +126,8 @@ class UCCStep(Step):
             guided = f"; guided by the RWMS pass {g['table']} ({' and '.join(k for k in ('order', 'weights') if g[k])})"
         return (f"; UCC with {self.ctx.spec['batch_size']} unlabeled images per batch, views {s.views}, copy-paste "
                 f"{s.copy_paste}, UGRM {s.ugrm_reading if s.ugrm else 'off'}, lam {s.lam:g}"
-                + (f" (warm-up over the first {s.lam_warmup:.0%})" if s.lam_warmup else "") + guided)
+                + (f" (warm-up over the first {s.lam_warmup:.0%})" if s.lam_warmup else "")
+                + (f"; labels from an EMA copy (decay {s.ema_labeler:g})" if s.ema_labeler else "") + guided)
 
     def batches(self):
         """Endless batches of the unlabeled views (weak, and two strong unless views is "w"), this rank's share;
@@ -162,14 +170,17 @@ class UCCStep(Step):
         else:
             self.confidence.load_state_dict(states[0]["confidence"])
             self.drawn = states[0].get("drawn", 0)  # every rank draws one batch a step
+            if self.labeler:  # every rank holds the same average
+                self.labeler.load_state_dict(states[0]["ema"])
 
     def __call__(self, model: nn.Module, image: Tensor, mask: Tensor, u: dict[str, Tensor], progress: float = 1.0,
                  it: int = 0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         s = self.s
         u = {k: v.to(image.device, non_blocking=True) for k, v in u.items() if torch.is_tensor(v)}
         if s.views == "ws":
-            with torch.no_grad(), dropout_off(model):
-                weak1, weak2 = model(u["weak"])
+            labeler = self.labeler.update(model) if self.labeler else model
+            with torch.no_grad(), dropout_off(labeler):
+                weak1, weak2 = labeler(u["weak"])
                 targets = (weak1.softmax(1), weak2.softmax(1))
             views = [u["strong1"], u["strong2"]]
         else:
@@ -212,9 +223,12 @@ class UCCStep(Step):
         self.confidence.update_from_sums(sums, counts)
 
     def state_dict(self) -> dict:
-        return {"confidence": self.confidence.state_dict(), "rng": self.rng.bit_generator.state, "drawn": self.drawn}
+        state = {"confidence": self.confidence.state_dict(), "rng": self.rng.bit_generator.state, "drawn": self.drawn}
+        return state | ({"ema": self.labeler.state_dict()} if self.labeler else {})
 
     def load_state_dict(self, state: dict) -> None:
         self.confidence.load_state_dict(state["confidence"])
         self.rng.bit_generator.state = state["rng"]
         self.drawn = state.get("drawn", 0)  # checkpoints from before guidance do not hold it
+        if self.labeler:
+            self.labeler.load_state_dict(state["ema"])

@@ -6,10 +6,10 @@ a rerun skips it when it finished and resumes it from its last checkpoint when i
 """
 from __future__ import annotations
 
-from raysemi.config import STUDY_RWMS, Config, ConfigError
+from raysemi.config import STUDY_RWMS, Config, ConfigError, UCCConfig
 from raysemi.data.items import DataError
 from raysemi.data.splits import read_split_file
-from raysemi.methods.ucc import STEP_SETTINGS
+from raysemi.methods.ucc import LATER_SETTINGS, STEP_SETTINGS
 from raysemi.pipelines.common import (DataPlan, as_rows, check_items, plan_data, results_table, side_by_side,
                                       train_oracle, train_stage)
 from raysemi.pipelines.pseudo import STAGE as PASS_STAGE
@@ -27,6 +27,7 @@ def ucc_spec(cfg: Config, plan: DataPlan) -> dict:
 
     uc = cfg.ucc
     settings = {name: getattr(uc, name) for name in STEP_SETTINGS}
+    settings |= {name: getattr(uc, name) for name in LATER_SETTINGS if getattr(uc, name) != getattr(UCCConfig, name)}
     guidance = {"guidance": rwms_guidance(cfg, plan)} if uc.guidance == "rwms" else {}
     return {"settings": settings, "unlabeled": as_rows(plan.unlabeled),
             "batch_size": uc.unlabeled_batch_size or cfg.train.batch_size, "strong_max_ops": uc.strong_max_ops,

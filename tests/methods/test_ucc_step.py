@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysemi.config import ConfigError, UCCConfig, load_config
+from raysemi.methods.ema import EMALabeler
 from raysemi.methods.losses import CrossEntropy
 from raysemi.methods.losses import ramped
 from raysemi.methods.ucc import UCCStep, dropout_off
@@ -290,3 +291,52 @@ def test_guidance_order_draws_u1_for_the_first_half_then_all_of_u_and_resumes_th
     more_ranks = UCCStep(UCCConfig(copy_paste="none"), C, CrossEntropy())
     more_ranks.restore([state], rank=1)  # a rank the checkpoint did not have draws where the others are
     assert more_ranks.drawn == 5
+
+
+def test_the_ema_labeler_averages_the_students_weights_from_a_copy_on():
+    """theta_ema <- d theta_ema + (1 - d) theta with d = min(decay, 1 - 1/(n + 1)): a copy first, then the
+    mean of all steps so far until d reaches the decay. By hand: 1, then (1 + 3) / 2 = 2, then d =
+    min(0.6, 2/3) = 0.6: 0.6 * 2 + 0.4 * 5 = 3.2."""
+    student, ema = ToyCrossHead(a1=1.0), EMALabeler(0.6)
+    got = []
+    for a1 in (1.0, 3.0, 5.0):
+        student.a1.data.fill_(a1)
+        got.append(ema.update(student).a1.item())
+    assert got == pytest.approx([1.0, 2.0, 3.2])
+    assert student.a1.item() == 5.0 and not ema.model.a1.requires_grad
+    resumed = EMALabeler(0.6)
+    resumed.load_state_dict(ema.state_dict())  # before its first update, as in a resumed run
+    student.a1.data.fill_(7.0)
+    assert resumed.update(student).a1.item() == pytest.approx(0.6 * 3.2 + 0.4 * 7.0)
+    with pytest.raises(ValueError, match="decay"):
+        EMALabeler(1.0)
+
+
+def test_with_an_ema_labeler_the_weak_labels_come_from_the_average_and_resume_with_it():
+    image, mask, u = batches(12)
+    model = ToyCrossHead(a1=1.0, a2=2.0)
+    ucc = step(ema_labeler=0.5)
+    ucc(model, image, mask, u)  # the first update copies the model
+    model.a1.data.fill_(9.0)
+    model.a2.data.fill_(0.5)
+    saved = ucc.state_dict()
+    _, loss_u, _ = ucc(model, image, mask, u)
+    # the average is now (1 + 9) / 2 = 5 and (2 + 0.5) / 2 = 1.25; the predictions are the model's own (9, 0.5)
+    want, _ = cross_supervision_loss(9.0 * u["strong1"], 0.5 * u["strong2"], (5.0 * u["weak"]).softmax(1),
+                                     (1.25 * u["weak"]).softmax(1), ignore_mask=u["ignore"])
+    own, _ = cross_supervision_loss(9.0 * u["strong1"], 0.5 * u["strong2"], (9.0 * u["weak"]).softmax(1),
+                                    (0.5 * u["weak"]).softmax(1), ignore_mask=u["ignore"])
+    assert loss_u.item() == pytest.approx(want.item(), rel=1e-6) and abs(own.item() - want.item()) > 1e-3
+    assert [x.shape[0] for x in model.inputs[-2:]] == [2, 4], "the labels' forward is the copy's, not the model's"
+    resumed = step(ema_labeler=0.5)
+    resumed.restore([saved], rank=1)  # a rank the checkpoint did not have takes rank 0's average
+    _, again, _ = resumed(model, image, mask, u)
+    assert again.item() == pytest.approx(want.item(), rel=1e-6)
+    assert "ema" not in step().state_dict(), "without the lever the state is as before"
+
+
+def test_the_ema_labeler_is_refused_where_it_would_not_label():
+    with pytest.raises(ConfigError, match="ucc.ema_labeler"):
+        load_config(None, ["ucc.ema_labeler=1.0"])
+    with pytest.raises(ConfigError, match="ucc.ema_labeler.*views 'w'"):
+        load_config(None, ["ucc.ema_labeler=0.99", "ucc.views=w"])
