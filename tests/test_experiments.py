@@ -219,6 +219,13 @@ def test_the_1_30_protocol_changes_only_the_data_and_the_schedule(method):
     assert round(266 * parse_fraction(cfg.data.labeled_fraction)) == 9  # labeled images: one batch of 8 an epoch
 
 
+@pytest.mark.parametrize("lever, base", [("ucc_ema", "ucc"), ("ucc_guided_ema", "ucc_guided")])
+def test_the_1_30_ema_lever_files_change_only_the_labeler(lever, base):
+    cfg, ref = load(f"camvid/study_1-30/{lever}.yaml"), load(f"camvid/study_1-30/{base}.yaml")
+    assert differing(cfg, ref) == {"ucc.ema_labeler"}
+    assert (cfg.ucc.ema_labeler, ref.ucc.ema_labeler) == (0.99, 0.0)
+
+
 # --- extends ---------------------------------------------------------------------------------
 
 
