@@ -98,7 +98,7 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
         return out
 
     found = train_students(cfg, run, plan, table, u1, u2, teachers["t1"]["checkpoint"], beside=comparisons,
-                           two_lanes=bool(rw.compare))
+                           beside_stages=len(compared))
     if "suponly" in rw.compare and suponly_is_t1:
         found["suponly"] = teachers["t1"]
     results = {k: found[k] for k in ("suponly", "baseline", "s1", "s2", "oracle") if k in found}
@@ -110,18 +110,24 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
 
 
 def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: list[Item], u2: list[Item],
-                   t1_checkpoint: str, beside=None, two_lanes: bool = False, callbacks=()) -> dict[str, dict]:
+                   t1_checkpoint: str, beside=None, beside_stages: int = 0, callbacks=()) -> dict[str, dict]:
     """The students (Algorithm 1 steps 4-7) on the pair's table: S1 on D_l + U1, S1's pass over U2,
     S2 on D_l + U1 + U2 (or, with rwms.phases 1, one student on all of U). With rwms.init teacher S1
     starts from `t1_checkpoint` (T1's model file) and S2 from S1's. `beside`, a function returning
-    {stage: record}, trains beside S1 (the comparison stages). `callbacks` go to the students' trainers
-    only (a Tune trial's reporter: the comparison stages must not feed its metric). Returns {stage:
-    record}: "s1" and, with two phases, "s2" (`final_student` names RWMS's result), beside `beside`'s."""
+    {stage: record} that trains `beside_stages` stages one after another (the comparisons), runs in a
+    lane of its own beside the students'. `callbacks` go to the students' trainers only (a Tune trial's
+    reporter: the comparison stages must not feed its metric). Returns {stage: record}: "s1" and, with
+    two phases, "s2" (`final_student` names RWMS's result), beside `beside`'s."""
     rw = cfg.rwms
     student: ModelConfig = rw.student or cfg.teachers.t1
     scfg = student_config(cfg)
     everything = u1 + u2
     from_teacher = rw.init == "teacher"
+    # Two lanes, as the teachers train: on a small machine two 1-thread runs get more done than one run
+    # with two threads each in turn (measured: S2 with two threads 15.5 min, the Oracle with one 16).
+    # With two comparison stages (Baseline, the Oracle) the students' lane holds S1, its pass and S2,
+    # so the lanes are of about equal length; with fewer, S2 trains alone after both, with their threads.
+    s2_in_lane = rw.phases == 2 and beside_stages >= 2
 
     def first_student() -> dict[str, dict]:
         u = everything if rw.phases == 1 else u1  # one-phase retraining: one student on all of U
@@ -129,17 +135,22 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
                                   pseudo_spec(scfg, [(table, u)], rw.reweight, rw.strong), callbacks=callbacks,
                                   init_from=t1_checkpoint if from_teacher else None)}
 
-    # S1 and the comparison stages train side by side, as the two teachers do: on a small machine two
-    # 1-thread runs get more done than one run with two threads each in turn.
-    lanes = side_by_side({"comparisons": beside or dict, "students": first_student})
-    found = {**lanes["comparisons"], **lanes["students"]}
-    if rw.phases == 2:  # S1's pass over U2, then S2 alone, with the cores of both lanes
-        s1_pass = run_pass(run, "s1", [("s1", found["s1"]["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
+    def second_student(s1: dict, train_cfg: Config) -> dict[str, dict]:
+        """S1's pass over U2 (keeping the pair's ranks), then S2 on D_l + U1 + U2."""
+        s1_pass = run_pass(run, "s1", [("s1", s1["checkpoint"])], u2, cfg.pseudo, ray_config=cfg.ray,
                            expect={"dataset": cfg.data.dataset, "num_classes": plan.info.num_classes}, ranks_from=table)
-        found["s2"] = train_stage(run, "s2", _with_both_lanes(scfg, two_lanes), student, plan.labeled, plan,
-                                  "rwms_student",
+        return {"s2": train_stage(run, "s2", train_cfg, student, plan.labeled, plan, "rwms_student",
                                   pseudo_spec(scfg, [(table, u1), (s1_pass["table"], u2)], rw.reweight, rw.strong),
-                                  callbacks=callbacks, init_from=found["s1"]["checkpoint"] if from_teacher else None)
+                                  callbacks=callbacks, init_from=s1["checkpoint"] if from_teacher else None)}
+
+    def students() -> dict[str, dict]:
+        found = first_student()
+        return {**found, **second_student(found["s1"], scfg)} if s2_in_lane else found
+
+    lanes = side_by_side({"comparisons": beside or dict, "students": students})
+    found = {**lanes["comparisons"], **lanes["students"]}
+    if rw.phases == 2 and not s2_in_lane:
+        found.update(second_student(found["s1"], _with_both_lanes(scfg, beside is not None)))
     return found
 
 
