@@ -226,6 +226,12 @@ def test_the_1_30_ema_lever_files_change_only_the_labeler(lever, base):
     assert (cfg.ucc.ema_labeler, ref.ucc.ema_labeler) == (0.99, 0.0)
 
 
+def test_the_1_30_class_balance_lever_file_changes_only_the_students_weights():
+    cfg, ref = load("camvid/study_1-30/rwms_balance.yaml"), load("camvid/study_1-30/rwms.yaml")
+    assert differing(cfg, ref) == {"rwms.class_balance"}
+    assert (cfg.rwms.class_balance, ref.rwms.class_balance) == (0.5, 0.0)
+
+
 # --- extends ---------------------------------------------------------------------------------
 
 

@@ -45,6 +45,18 @@ def rank_weights(rank, a: float = 1.0, b: float = 1.0):
     return np.where(x == NO_RANK, 0.0, a * np.exp(-b * (x - 1))).astype(np.float32)
 
 
+def class_balance_weights(counts, power: float, cap: float = float("inf")) -> list[float]:
+    """w_c = min(cap, (median f / f_c) ** power) per class, f_c = counts[c] / sum(counts), the median over
+    the classes that occur; a class that never occurs gets 1 (no pixel of it is ever weighed). power 1 is
+    median frequency balancing (Eigen and Fergus 2015), 0 gives 1 everywhere."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    if not present.any():
+        return [1.0] * len(counts)
+    median = np.median(counts[present])
+    return [min(cap, float((median / n) ** power)) if n > 0 else 1.0 for n in counts]
+
+
 def reliability_split(ids: list[str], reliability: list[float], rho: float) -> tuple[list[str], list[str]]:
     """Sort by r (highest first, ties by id): the top rho are reliable (rho * n rounded half up),
     the rest unreliable."""

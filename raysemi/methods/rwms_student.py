@@ -12,11 +12,12 @@ only, so a resumed run mixes as the uninterrupted one would. Iterations and epoc
 batches, so a student sees its labeled images as often as SupOnly does.
 
 With `lam_warmup` in the spec, lam ramps up along a sigmoid over that fraction of the schedule
-(methods.losses.ramped, as UCC's).
+(methods.losses.ramped, as UCC's). With `class_weights` (rwms.class_balance), a pseudo-labeled pixel's
+weight is also multiplied by its pseudo class's weight, after CutMix (the box's pixels keep their class).
 
 The spec (TrainJob.spec, from pipelines.common.stream_spec): {"sources": [{"uri", "ids"}], "images":
-{id: path}, "a", "b", "reweight", "strong", "lam", "batch_size", "cutmix" and "lam_warmup" (absent
-when off)}.
+{id: path}, "a", "b", "reweight", "strong", "lam", "batch_size", "cutmix", "lam_warmup" and
+"class_weights" (absent when off)}.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ class StudentStep(Step):
         self.lam = float(self.spec["lam"])
         self.cutmix = float(self.spec.get("cutmix", 0.0))
         self.lam_warmup = float(self.spec.get("lam_warmup", 0.0))
+        # indexed by a pseudo label: the ignore index (255) and any id past the classes weigh 0
+        weights = self.class_weights_list = self.spec.get("class_weights")
+        self.class_weights = None if weights is None else \
+            torch.zeros(256).index_copy_(0, torch.arange(len(weights)), torch.tensor(weights, dtype=torch.float32))
 
     @staticmethod
     def check_spec(spec: dict, stage: str, workers: int) -> None:
@@ -50,7 +55,9 @@ class StudentStep(Step):
     def describe(self) -> str:
         return (f"; {self.spec['batch_size']} pseudo-labeled images per batch, lam {self.lam:g}"
                 + (f" (warm-up over the first {self.lam_warmup:.0%})" if self.lam_warmup else "")
-                + (f", CutMix p {self.cutmix:g}" if self.cutmix else ""))
+                + (f", CutMix p {self.cutmix:g}" if self.cutmix else "")
+                + (f", class weights {min(self.class_weights_list):.2f}-{max(self.class_weights_list):.2f}"
+                   if self.class_weights is not None else ""))
 
     def batches(self):
         """Endless batches of pseudo-labeled crops; each pass over the tables has a new order. The loader
@@ -65,6 +72,8 @@ class StudentStep(Step):
 
     def __call__(self, model, image, mask, extra, progress: float = 1.0, it: int = 0):
         u_image, u_mask, u_weight = self.mixed(extra, it)
+        if self.class_weights is not None:
+            u_weight = u_weight * self.class_weights[u_mask.long()]
         device = image.device
         logits = model(torch.cat([image, u_image.to(device, non_blocking=True)]))
         n = image.shape[0]

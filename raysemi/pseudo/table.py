@@ -132,6 +132,23 @@ def iter_pseudo_rows(uri: str, columns: list[str] | None = None, batch_size: int
             yield decode(row)
 
 
+def label_counts(uri: str, ids: list[str]) -> list[int]:
+    """Pixels of each class (0 .. the table's num_classes - 1) in the label maps of rows `ids`; ignored
+    pixels do not count. A named id the table lacks is an error, not a row skipped."""
+    num_classes = int(table_meta(uri)["num_classes"])
+    counts = np.zeros(num_classes, dtype=np.int64)
+    seen = 0
+    for batch in table_dataset(uri).to_batches(columns=["id", "height", "width", "label"],
+                                               filter=pads.field("id").isin(ids)):
+        for row in batch.to_pylist():
+            label = decode(row)["label"]
+            counts += np.bincount(label[label < num_classes], minlength=num_classes)
+            seen += 1
+    if seen != len(set(ids)):
+        raise DataError(f"pseudo-label table {uri}: {len(set(ids)) - seen} of the {len(set(ids))} ids asked for have no row")
+    return counts.tolist()
+
+
 def results_table(ids: list[str], results: list[dict], source: str, schema: pa.Schema) -> pa.Table:
     """Rows of the pseudo-label table from `label_images` results (the one place that encodes them)."""
     cols: dict[str, list] = {name: [] for name in schema.names}
