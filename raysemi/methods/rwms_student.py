@@ -41,7 +41,7 @@ class StudentStep(Step):
         self.cutmix = float(self.spec.get("cutmix", 0.0))
         self.lam_warmup = float(self.spec.get("lam_warmup", 0.0))
         # indexed by a pseudo label: the ignore index (255) and any id past the classes weigh 0
-        weights = self.class_weights_list = self.spec.get("class_weights")
+        weights = self.spec.get("class_weights")
         self.class_weights = None if weights is None else \
             torch.zeros(256).index_copy_(0, torch.arange(len(weights)), torch.tensor(weights, dtype=torch.float32))
 
@@ -56,7 +56,7 @@ class StudentStep(Step):
         return (f"; {self.spec['batch_size']} pseudo-labeled images per batch, lam {self.lam:g}"
                 + (f" (warm-up over the first {self.lam_warmup:.0%})" if self.lam_warmup else "")
                 + (f", CutMix p {self.cutmix:g}" if self.cutmix else "")
-                + (f", class weights {min(self.class_weights_list):.2f}-{max(self.class_weights_list):.2f}"
+                + (f", class weights {min(self.spec['class_weights']):.2f}-{max(self.spec['class_weights']):.2f}"
                    if self.class_weights is not None else ""))
 
     def batches(self):

@@ -119,15 +119,19 @@ def read_pseudo_table(uri: str, columns: list[str] | None = None, ids: list[str]
     return table_dataset(uri).to_table(columns=columns, filter=None if ids is None else pads.field("id").isin(ids))
 
 
-def iter_pseudo_batches(uri: str, columns: list[str] | None = None, batch_size: int = 16) -> Iterator[pa.RecordBatch]:
-    """Stream the table as record batches of at most batch_size rows, reading little ahead."""
+def iter_pseudo_batches(uri: str, columns: list[str] | None = None, batch_size: int = 16,
+                        ids: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream the table (or the rows of some ids) as record batches of at most batch_size rows, reading
+    little ahead."""
     yield from table_dataset(uri).to_batches(columns=columns, batch_size=batch_size, batch_readahead=1,
-                                        fragment_readahead=1)
+                                             fragment_readahead=1,
+                                             filter=None if ids is None else pads.field("id").isin(ids))
 
 
-def iter_pseudo_rows(uri: str, columns: list[str] | None = None, batch_size: int = 16) -> Iterator[dict]:
+def iter_pseudo_rows(uri: str, columns: list[str] | None = None, batch_size: int = 16,
+                     ids: list[str] | None = None) -> Iterator[dict]:
     """Stream decoded rows (see `decode`)."""
-    for batch in iter_pseudo_batches(uri, columns, batch_size):
+    for batch in iter_pseudo_batches(uri, columns, batch_size, ids):
         for row in batch.to_pylist():
             yield decode(row)
 
@@ -138,12 +142,10 @@ def label_counts(uri: str, ids: list[str]) -> list[int]:
     num_classes = int(table_meta(uri)["num_classes"])
     counts = np.zeros(num_classes, dtype=np.int64)
     seen = 0
-    for batch in table_dataset(uri).to_batches(columns=["id", "height", "width", "label"],
-                                               filter=pads.field("id").isin(ids)):
-        for row in batch.to_pylist():
-            label = decode(row)["label"]
-            counts += np.bincount(label[label < num_classes], minlength=num_classes)
-            seen += 1
+    for row in iter_pseudo_rows(uri, ["id", "height", "width", "label"], ids=ids):
+        label = row["label"]
+        counts += np.bincount(label[label < num_classes], minlength=num_classes)
+        seen += 1
     if seen != len(set(ids)):
         raise DataError(f"pseudo-label table {uri}: {len(set(ids)) - seen} of the {len(set(ids))} ids asked for have no row")
     return counts.tolist()
