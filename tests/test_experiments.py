@@ -232,6 +232,17 @@ def test_the_1_30_class_balance_lever_file_changes_only_the_students_weights():
     assert (cfg.rwms.class_balance, ref.rwms.class_balance) == (0.5, 0.0)
 
 
+@pytest.mark.parametrize("name, dropped", [("baseline_strong", "rwms.reweight"), ("baseline_weights", "rwms.strong")])
+def test_the_1_30_baseline_ablation_files_are_baseline_plus_one_part_of_s1(name, dropped):
+    """Baseline is one phase, no weights, no strong view; each file is RWMS in one phase with one of S1's
+    two parts dropped (its final student is Baseline plus the other), Baseline its comparison."""
+    cfg, ref = load(f"camvid/study_1-30/{name}.yaml"), load("camvid/study_1-30/rwms.yaml")
+    assert differing(cfg, ref) == {"rwms.phases", "rwms.compare", dropped}
+    kept = "rwms.strong" if dropped == "rwms.reweight" else "rwms.reweight"
+    assert cfg.rwms.phases == 1 and cfg.rwms.compare == ["suponly", "baseline"]
+    assert getattr(cfg.rwms, dropped.split(".")[1]) is False and getattr(cfg.rwms, kept.split(".")[1]) is True
+
+
 # --- extends ---------------------------------------------------------------------------------
 
 
