@@ -217,7 +217,7 @@ class RWMSConfig:
     # issue 19's lever: a student's pseudo-labeled pixel of class c also weighs (median f / f_c) ** p, f_c
     # the share of c among the pixels of the tables it streams (p = 1: median frequency balancing, Eigen
     # and Fergus 2015, SegNet's on CamVid); 0: the paper's rank weights alone. Students only (they
-    # reweight; a class weighs at most 10: pipelines.rwms.CLASS_WEIGHT_CAP): Baseline and the Oracle keep
+    # reweight; a class weighs at most 10: methods.reliability.CLASS_WEIGHT_CAP): Baseline and the Oracle keep
     # the paper's recipe.
     class_balance: float = 0.0
     pseudo_batch_size: int | None = None  # pseudo-labeled images per batch; default: train.batch_size
@@ -305,6 +305,11 @@ class UCCConfig:
     # Issue 19's lever: the weak view's pseudo labels come from an EMA copy of the model with this decay
     # (Mean Teacher; raysemi.methods.ema) instead of from the model itself. 0: the model itself, the paper's
     ema_labeler: float = 0.0
+    # Issue 19's lever, as rwms.class_balance: each cross-supervision pixel term of pseudo class c also weighs
+    # min(10, (median f / f_c) ** p), f_c the share of c among the LABELED images' ground-truth pixels (UCC's
+    # pseudo labels change every step; the labels are the prior they are trained to match, so the weights
+    # stay fixed and need no state). Pasted (DCSCP) pixels keep weight 1, as labeled ones. 0: the paper's
+    class_balance: float = 0.0
 
     def validate(self) -> None:
         if self.model.arch not in ("crosshead", "crossmodel"):
@@ -327,6 +332,8 @@ class UCCConfig:
         if self.ema_labeler and self.views != "ws":
             _bad("ucc.ema_labeler", self.ema_labeler, f"0 with ucc.views {self.views!r}: only 'ws' has a labeling "
                  "forward of its own")
+        if not 0 <= self.class_balance <= 1:
+            _bad("ucc.class_balance", self.class_balance, "in [0, 1] (1: median frequency balancing, 0: off)")
         if not 1 <= self.strong_max_ops <= 9:
             _bad("ucc.strong_max_ops", self.strong_max_ops, "in [1, 9] (the pool has nine operations)")
         _check_compare("ucc.compare", self.compare, ("suponly", "oracle"))

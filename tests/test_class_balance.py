@@ -102,3 +102,47 @@ def test_the_step_multiplies_rank_and_class_weights():
     assert step_loss(None) == pytest.approx((log2 + log2 * 2.5 / 3, log2 * 2.5 / 3))
     # class 0 weighs 2, class 1 0.5: 1 * 2 + 0.5 * 0.5 + 1 * 0.5 = 2.75
     assert step_loss([2.0, 0.5]) == pytest.approx((log2 + log2 * 2.75 / 3, log2 * 2.75 / 3))
+
+
+# --- ucc.class_balance: the weights of the labeled masks ---------------------------------------------
+
+
+def write_masks(tmp_path) -> list[Item]:
+    """Two 4x4 masks: a holds class 0 x 8, class 1 x 4 and 4 ignored pixels; b class 0 x 4, 1 x 8, 2 x 4.
+    Over both: 12, 12, 4 (the median 12)."""
+    from PIL import Image
+
+    a = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [255, 255, 255, 255]], np.uint8)
+    b = np.array([[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1], [2, 2, 2, 2]], np.uint8)
+    items = []
+    for name, mask in (("a", a), ("b", b)):
+        Image.fromarray(mask, mode="L").save(tmp_path / f"{name}.png")
+        items.append(Item(name, str(tmp_path / f"{name}.png"), str(tmp_path / f"{name}.png")))
+    return items
+
+
+def test_mask_class_counts_at_the_input_size(tmp_path):
+    from raysemi.data.datasets import folder_info, mask_class_counts
+
+    items = write_masks(tmp_path)
+    assert mask_class_counts(items, folder_info(3), None) == [12, 12, 4]
+    assert mask_class_counts(items, folder_info(3), [8, 8]) == [48, 48, 16]  # nearest, twice the size
+    with pytest.raises(DataError, match="no mask"):
+        mask_class_counts([Item("u", "/img/u.png", None)], folder_info(3), None)
+
+
+def test_ucc_spec_holds_the_labeled_masks_weights_only_when_set(tmp_path):
+    from raysemi.data.datasets import folder_info
+    from raysemi.pipelines.common import DataPlan
+    from raysemi.pipelines.ucc import ucc_spec
+
+    plan = DataPlan(folder_info(3), str(tmp_path), write_masks(tmp_path), [Item("u", "/img/u.png", None)], [])
+    base = ["data.dataset=folder", "data.num_classes=3"]
+    spec = ucc_spec(load_config(None, [*base, "ucc.class_balance=1"]), plan)
+    assert spec["class_weights"] == [1.0, 1.0, 3.0] and spec["settings"]["class_balance"] == 1
+    assert ucc_spec(load_config(None, [*base, "ucc.class_balance=0.5"]), plan)["class_weights"] == \
+        pytest.approx([1.0, 1.0, math.sqrt(3)])
+    off = ucc_spec(load_config(None, base), plan)  # as before the lever: earlier runs keep their fingerprints
+    assert "class_weights" not in off and "class_balance" not in off["settings"]
+    with pytest.raises(ConfigError, match="ucc.class_balance"):
+        load_config(None, ["ucc.class_balance=1.5"])

@@ -226,6 +226,13 @@ def test_the_1_30_ema_lever_files_change_only_the_labeler(lever, base):
     assert (cfg.ucc.ema_labeler, ref.ucc.ema_labeler) == (0.99, 0.0)
 
 
+@pytest.mark.parametrize("lever, base", [("ucc_balance", "ucc"), ("ucc_guided_balance", "ucc_guided")])
+def test_the_1_30_ucc_class_balance_lever_files_change_only_the_weights(lever, base):
+    cfg, ref = load(f"camvid/study_1-30/{lever}.yaml"), load(f"camvid/study_1-30/{base}.yaml")
+    assert differing(cfg, ref) == {"ucc.class_balance"}
+    assert (cfg.ucc.class_balance, ref.ucc.class_balance) == (0.5, 0.0)
+
+
 def test_the_1_30_class_balance_lever_file_changes_only_the_students_weights():
     cfg, ref = load("camvid/study_1-30/rwms_balance.yaml"), load("camvid/study_1-30/rwms.yaml")
     assert differing(cfg, ref) == {"rwms.class_balance"}

@@ -264,6 +264,19 @@ def load_mask(path: str, info: DatasetInfo) -> np.ndarray:
     return mask
 
 
+def mask_class_counts(items: list[Item], info: DatasetInfo, image_size: list[int] | tuple[int, int] | None) -> list[int]:
+    """Pixels of each class over the items' masks at image_size (as training loads them), ignore left out."""
+    counts = np.zeros(info.num_classes, dtype=np.int64)
+    for item in items:
+        if item.mask is None:
+            raise DataError(f"image {item.image} has no mask to count classes in")
+        mask = load_mask(item.mask, info)
+        if image_size:
+            mask = resize_nearest(mask, tuple(image_size))
+        counts += np.bincount(mask.ravel(), minlength=256)[: info.num_classes]
+    return counts.tolist()
+
+
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
     """Resize to (H, W): image with area (shrinking) or bilinear, mask with nearest neighbour."""
     h, w = size

@@ -64,7 +64,7 @@ def dropout_off(model: nn.Module) -> Iterator[nn.Module]:
 STEP_SETTINGS = ("lam", "views", "ugrm", "ugrm_reading", "copy_paste", "paste_p", "paste_classes",
                  "confidence_momentum", "lam_warmup")
 # Settings added later: in the spec only when not their default, so that earlier runs keep their fingerprints
-LATER_SETTINGS = ("ema_labeler",)
+LATER_SETTINGS = ("ema_labeler", "class_balance")
 
 
 class UCCStep(Step):
@@ -76,8 +76,9 @@ class UCCStep(Step):
 
     In a training job (`from_context`) the spec is TrainJob.spec from pipelines.ucc.ucc_spec:
     {"settings": the STEP_SETTINGS of UCCConfig, "unlabeled": [[id, image, None]], "batch_size",
-    "strong_max_ops"} and, for RWMS-guided UCC, "guidance": {"table", "u1" (ids), "order", "weights",
-    "a", "b", "inputs"}; a UCCConfig built elsewhere (tests, benchmarks) is used as it is.
+    "strong_max_ops"}, with ucc.class_balance "class_weights" (one per class, from the labeled masks) and,
+    for RWMS-guided UCC, "guidance": {"table", "u1" (ids), "order", "weights", "a", "b", "inputs"}; a
+    UCCConfig built elsewhere (tests, benchmarks) is used as it is, with `class_weights` passed.
 
     Guidance (ucc.guidance rwms): with "order" the unlabeled batches come from U1 for the first half of
     the run's steps, then from all of U (the count of batches drawn is part of the step's state, so a
@@ -88,8 +89,12 @@ class UCCStep(Step):
     state_key = "ucc"  # the checkpoint's key for every rank's state
 
     def __init__(self, settings: UCCConfig, num_classes: int, criterion: nn.Module, seed: int = 0,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, class_weights: list[float] | None = None):
         self.s = settings
+        if bool(settings.class_balance) != (class_weights is not None):
+            raise ValueError(f"ucc.class_balance {settings.class_balance} needs class weights, and they need it: "
+                             f"got {class_weights}")
+        self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.criterion = criterion
         self.world = world
         self.confidence = ClassConfidence(num_classes, settings.confidence_momentum)
@@ -103,7 +108,8 @@ class UCCStep(Step):
 
     @classmethod
     def from_context(cls, ctx: StepContext) -> UCCStep:
-        step = cls(UCCConfig(**ctx.spec["settings"]), ctx.num_classes, ctx.criterion, ctx.seed, ctx.rank, ctx.world)
+        step = cls(UCCConfig(**ctx.spec["settings"]), ctx.num_classes, ctx.criterion, ctx.seed, ctx.rank, ctx.world,
+                   ctx.spec.get("class_weights"))
         step.ctx = ctx
         step.guide = ctx.spec.get("guidance")
         return step
@@ -127,7 +133,9 @@ class UCCStep(Step):
         return (f"; UCC with {self.ctx.spec['batch_size']} unlabeled images per batch, views {s.views}, copy-paste "
                 f"{s.copy_paste}, UGRM {s.ugrm_reading if s.ugrm else 'off'}, lam {s.lam:g}"
                 + (f" (warm-up over the first {s.lam_warmup:.0%})" if s.lam_warmup else "")
-                + (f"; labels from an EMA copy (decay {s.ema_labeler:g})" if s.ema_labeler else "") + guided)
+                + (f"; labels from an EMA copy (decay {s.ema_labeler:g})" if s.ema_labeler else "")
+                + (f"; class weights {self.class_weights.min():.2f}-{self.class_weights.max():.2f} (power "
+                   f"{s.class_balance:g})" if self.class_weights is not None else "") + guided)
 
     def batches(self):
         """Endless batches of the unlabeled views (weak, and two strong unless views is "w"), this rank's share;
@@ -208,7 +216,7 @@ class UCCStep(Step):
             targets = (pred1.detach().softmax(1), pred2.detach().softmax(1))
         loss_u, stats = cross_supervision_loss(pred1, pred2, *targets, ignore_mask=u["ignore"], ugrm=s.ugrm,
                                                reading=s.ugrm_reading, pasted_labels=pasted,
-                                               pixel_weight=u.get("weight"))
+                                               pixel_weight=u.get("weight"), class_weight=self.class_weights)
         if self.dynamic:
             self._update_confidence(out1.detach(), out2.detach(), mask)
         return loss_s + ramped(s.lam, s.lam_warmup, progress) * loss_u, loss_u, stats

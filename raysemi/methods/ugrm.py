@@ -71,6 +71,7 @@ def cross_supervision_loss(
     ignore_index: int = 255,
     pasted_labels: Tensor | None = None,
     pixel_weight: Tensor | None = None,
+    class_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """UCC's unsupervised loss L_u = L(q1 -> head 2) + L(q2 -> head 1); returns (loss, stats).
 
@@ -87,6 +88,9 @@ def cross_supervision_loss(
         Build it with dcscp_batch(..., pseudo_targets=torch.full((B, H, W), ignore_index)).
     pixel_weight: optional float B x H x W multiplying both terms' weights (RWMS-guided UCC: the teacher
         pair's rank weight a * exp(-b (x - 1)), 0 on padding); pasted pixels keep their weight 1.
+    class_weight: optional float C, a weight per class multiplying each term's weight by its own target's
+        class (q1's for the term that supervises head 2, q2's for head 1; ucc.class_balance); pasted
+        pixels keep their weight 1.
 
     stats (detached scalars): u_mean_1 / u_mean_2, the mean weight of each term over counted
     pixels, and used_1 / used_2, the fraction of counted pixels whose weight is > 0.
@@ -121,6 +125,13 @@ def cross_supervision_loss(
             raise ValueError(f"pixel_weight must be B x H x W {tuple(q1.shape)}, got {tuple(pixel_weight.shape)}")
         u1 = u1 * pixel_weight.float()
         u2 = u2 * pixel_weight.float()
+    if class_weight is not None:
+        if class_weight.shape != (probs_w1.shape[1],):
+            raise ValueError(f"class_weight must hold one weight per class ({probs_w1.shape[1]}), "
+                             f"got {tuple(class_weight.shape)}")
+        class_weight = class_weight.to(u1.device, torch.float32)
+        u1 = u1 * class_weight[q1]
+        u2 = u2 * class_weight[q2]
     if pasted_labels is not None:
         if pasted_labels.shape != q1.shape:
             raise ValueError(

@@ -16,7 +16,7 @@ import numpy as np
 from raysemi.config import Config, ModelConfig, RWMSConfig
 from raysemi.data.items import Item
 from raysemi.data.splits import read_split_file
-from raysemi.methods.reliability import class_balance_weights
+from raysemi.methods.reliability import CLASS_WEIGHT_CAP, class_balance_weights
 from raysemi.pipelines.common import (
     DataPlan,
     check_items,
@@ -41,11 +41,6 @@ def student_config(cfg: Config) -> Config:
     train = dataclasses.replace(cfg.train, iterations=rw.iterations or cfg.train.iterations,
                                 cpus_per_worker=rw.cpus_per_worker or cfg.train.cpus_per_worker)
     return dataclasses.replace(cfg, train=train)
-
-
-# rwms.class_balance's largest class weight: a class the teachers hardly predict (14 pixels of 1.3 million
-# in a 1/30 CamVid pass) would otherwise weigh 76 times the median class at power 0.5, 5,800 at 1
-CLASS_WEIGHT_CAP = 10.0
 
 
 def pseudo_spec(cfg: Config, sources: list[tuple[str, list[Item]]], reweight: bool, strong: bool) -> dict:

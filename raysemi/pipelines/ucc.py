@@ -7,8 +7,10 @@ a rerun skips it when it finished and resumes it from its last checkpoint when i
 from __future__ import annotations
 
 from raysemi.config import STUDY_RWMS, Config, ConfigError, UCCConfig
+from raysemi.data.datasets import mask_class_counts
 from raysemi.data.items import DataError
 from raysemi.data.splits import read_split_file
+from raysemi.methods.reliability import CLASS_WEIGHT_CAP, class_balance_weights
 from raysemi.methods.ucc import LATER_SETTINGS, STEP_SETTINGS
 from raysemi.pipelines.common import (DataPlan, as_rows, check_items, plan_data, results_table, side_by_side,
                                       train_oracle, train_stage)
@@ -22,16 +24,19 @@ NAMES = {"suponly": "SupOnly", "ucc": "UCC", "oracle": "Oracle"}
 
 def ucc_spec(cfg: Config, plan: DataPlan) -> dict:
     """UCC's TrainJob.spec (methods/ucc.py): the step's settings, the unlabeled images and the unlabeled
-    batch size, and for RWMS-guided UCC the guidance (absent otherwise: earlier runs keep their
-    fingerprints)."""
+    batch size, with ucc.class_balance the class weights of the labeled masks, and for RWMS-guided UCC
+    the guidance (each absent otherwise: earlier runs keep their fingerprints)."""
 
     uc = cfg.ucc
     settings = {name: getattr(uc, name) for name in STEP_SETTINGS}
     settings |= {name: getattr(uc, name) for name in LATER_SETTINGS if getattr(uc, name) != getattr(UCCConfig, name)}
     guidance = {"guidance": rwms_guidance(cfg, plan)} if uc.guidance == "rwms" else {}
+    # absent when off, as the guidance: earlier runs keep their fingerprints
+    weights = {"class_weights": class_balance_weights(mask_class_counts(plan.labeled, plan.info, cfg.data.image_size),
+                                                      uc.class_balance, CLASS_WEIGHT_CAP)} if uc.class_balance else {}
     return {"settings": settings, "unlabeled": as_rows(plan.unlabeled),
             "batch_size": uc.unlabeled_batch_size or cfg.train.batch_size, "strong_max_ops": uc.strong_max_ops,
-            **guidance}
+            **weights, **guidance}
 
 
 def rwms_guidance(cfg: Config, plan: DataPlan) -> dict:

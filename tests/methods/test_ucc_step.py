@@ -73,6 +73,25 @@ def test_weak_to_strong_each_head_sees_its_own_strong_view():
     assert model.a1.grad is not None and model.a2.grad is not None
 
 
+def test_class_balance_weighs_the_cross_supervision_by_its_targets_class():
+    """ucc.class_balance: the step hands its class weights to the cross-supervision loss; weights
+    without the key, or the key without weights, are refused."""
+    image, mask, u = batches(5)
+    weights = [3.0, 1.0, 0.25]
+    balanced = UCCStep(UCCConfig(copy_paste="none", class_balance=0.5), C, CrossEntropy(), class_weights=weights)
+    _, loss_u, _ = balanced(ToyCrossHead(), image, mask, u)
+    want, _ = cross_supervision_loss(1.0 * u["strong1"], 2.0 * u["strong2"], (1.0 * u["weak"]).softmax(1),
+                                     (2.0 * u["weak"]).softmax(1), ignore_mask=u["ignore"],
+                                     class_weight=torch.tensor(weights))
+    assert loss_u.item() == pytest.approx(want.item(), rel=1e-6)
+    _, plain, _ = step()(ToyCrossHead(), image, mask, u)
+    assert abs(plain.item() - want.item()) > 1e-3, "the weights must change the loss"
+    with pytest.raises(ValueError, match="class_balance"):
+        UCCStep(UCCConfig(class_balance=0.5), C, CrossEntropy())
+    with pytest.raises(ValueError, match="class_balance"):
+        UCCStep(UCCConfig(), C, CrossEntropy(), class_weights=weights)
+
+
 def test_weak_only_takes_labels_and_predictions_from_one_weak_forward():
     image, mask, u = batches(1)
     model = ToyCrossHead()

@@ -111,6 +111,25 @@ def test_pixel_weights_multiply_both_terms_but_not_pasted_pixels():
         cross_supervision_loss(*inputs(), pixel_weight=weight[:, 0])
 
 
+def test_class_weights_multiply_each_term_by_its_own_targets_class_but_not_pasted_pixels():
+    """ucc.class_balance: class 0 weighs 2, class 1 0.5, by each term's own target. q1 -> head 2 keeps
+    pixel 0 only (class 0: u .9 x 2); q2 -> head 1 pixels 1 (class 1: .8 x .5) and 2 (class 0: .9 x 2).
+    Pasted pixel 3 (class 1) keeps weight 1 in both terms."""
+    weight = torch.tensor([2.0, 0.5])
+    loss, stats = cross_supervision_loss(*inputs(), class_weight=weight)
+    term_2 = -math.log(0.7)  # one pixel: its weight cancels
+    term_1 = (0.4 * -math.log(0.7) + 1.8 * -math.log(0.6)) / 2.2
+    assert loss.item() == pytest.approx(term_2 + term_1)
+    assert stats["u_mean_2"].item() == pytest.approx(2.2 / 4)
+    pasted = torch.tensor([[[255, 255], [255, 1]]])
+    loss, _ = cross_supervision_loss(*inputs(), pasted_labels=pasted, class_weight=weight)
+    term_2 = (1.8 * -math.log(0.7) + 1.0 * -math.log(0.1)) / 2.8
+    term_1 = (0.4 * -math.log(0.7) + 1.8 * -math.log(0.6) + 1.0 * -math.log(0.8)) / 3.2
+    assert loss.item() == pytest.approx(term_2 + term_1)
+    with pytest.raises(ValueError, match="class_weight"):
+        cross_supervision_loss(*inputs(), class_weight=torch.ones(3))
+
+
 def test_all_zero_weights_give_zero_with_grad():
     s1, s2, pw1, _ = inputs()
     # identical weak predictions: every pixel is a tie, so no pseudo label is used
