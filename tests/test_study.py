@@ -112,6 +112,20 @@ def test_csv_and_md_of_hand_written_manifests(tmp_path):
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_rows_only_of_the_stages_the_config_trains(tmp_path):
+    """A copy of a two-phase run directory run with a one-phase config and no Oracle (the study's
+    diagnosis configs): its S2 and Oracle records are the copied run's, not this config's, and give no row."""
+    d = RunDir(tmp_path / "copy")
+    done = {"status": "done", "val_miou": 0.4, "holdout_miou": 0.3}
+    d.write_text("manifest.json", json.dumps({"stages": {s: done for s in ("t1", "t2", "baseline", "s1", "s2", "oracle")}}))
+    cfg = study.load_config(SMOKE_RWMS, ["rwms.phases=1", "rwms.compare=[suponly,baseline]"])
+    rows, _ = study.collect_rows([study.StudyRun("one", SMOKE_RWMS, "rwms", 0, 0, d.root, cfg)])
+    assert [r["model"] for r in rows] == ["T1", "T2", "SupOnly", "Baseline", "S1"]
+    cfg = study.load_config(SMOKE_RWMS, ["rwms.compare=[baseline,oracle]"])
+    rows, _ = study.collect_rows([study.StudyRun("two", SMOKE_RWMS, "rwms", 0, 0, d.root, cfg)])
+    assert [r["model"] for r in rows] == ["T1", "T2", "Baseline", "S1", "S2", "Oracle"]
+
+
 def test_ucc_without_its_own_suponly_is_compared_with_the_same_training_in_the_rwms_runs(tmp_path):
     """The CamVid study's configs: UCC trains no SupOnly (ucc.compare []), and the RWMS run of the same
     seeds has a T1 that is that SupOnly (same data, model and schedule; only the CPUs differ). Its rows

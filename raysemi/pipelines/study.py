@@ -265,11 +265,15 @@ def _value(rec: dict, key: str):
 
 
 def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, seed: int, run: str,
-                  compare: list[str] = ()) -> tuple[list[dict], list[str]]:
-    """One row per finished training stage of a run (STAGES[method], those present and done), and
-    notes. For RWMS, when rwms.compare has 'suponly' and no 'suponly' stage exists, SupOnly is T1
-    (run_rwms does not train it twice): its row is T1's record."""
+                  compare: list[str] = (), phases: int = 2) -> tuple[list[dict], list[str]]:
+    """One row per finished training stage of a run (STAGES[method], those present and done) that the
+    config trains: the method's own (for RWMS T1, T2, S1 and, with rwms.phases 2, S2) and its `compare`
+    stages. Others in the manifest (a copied run directory's, a stage of another config) give no row.
+    For RWMS, when rwms.compare has 'suponly' and no 'suponly' stage exists, SupOnly is T1 (run_rwms
+    does not train it twice): its row is T1's record. Notes come back beside the rows."""
     stages = manifest.get("stages", {})
+    own = {"rwms": {"t1", "t2", "s1", *(["s2"] if phases == 2 else [])}}.get(method, {method})
+    trained = own | set(compare)
     rows, notes = [], []
 
     def row(model: str, rec: dict) -> dict:
@@ -279,6 +283,8 @@ def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, 
         return out
 
     for stage in STAGES[method]:
+        if stage not in trained:
+            continue
         rec = stages.get(stage)
         if stage == "suponly" and method == "rwms" and rec is None and "suponly" in compare:
             rec = stages.get("t1")
@@ -303,7 +309,8 @@ def collect_rows(runs: list[StudyRun]) -> tuple[list[dict], list[str]]:
     for r in runs:
         compare = compare_of(r)
         got, got_notes = manifest_rows(RunDir(r.run).manifest(), config=r.name, method=r.method,
-                                       split_seed=r.split_seed, seed=r.seed, run=r.run, compare=compare)
+                                       split_seed=r.split_seed, seed=r.seed, run=r.run, compare=compare,
+                                       phases=r.cfg.rwms.phases)
         if r.method != "rwms" and "suponly" not in compare and got:  # over the seeds the method has finished
             stand_in = _rwms_t1_as_suponly(r, runs)
             if stand_in:
