@@ -92,8 +92,8 @@ class UCCStep(Step):
                  rank: int = 0, world: int = 1, class_weights: list[float] | None = None):
         self.s = settings
         if bool(settings.class_balance) != (class_weights is not None):
-            raise ValueError(f"ucc.class_balance {settings.class_balance} needs class weights, and they need it: "
-                             f"got {class_weights}")
+            raise ValueError(f"ucc.class_balance and class_weights go together: got class_balance "
+                             f"{settings.class_balance} and class_weights {class_weights}")
         self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.criterion = criterion
         self.world = world
