@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 
 from raysemi.config import load_config
-from raysemi.data.datasets import IGNORE_INDEX, dataset_info, load_mask, resize_pair
+from raysemi.data.datasets import IGNORE_INDEX, dataset_info, load_mask_at
 from raysemi.pipelines.common import draw_split, holdout_items, resolve_data_root
 
 
@@ -26,8 +26,7 @@ def class_sets(cfg) -> tuple[list[set[int]], int]:
     info = dataset_info(cfg.data.dataset)
     sets = []
     for item in labeled:
-        mask = load_mask(item.mask, info)
-        _, mask = resize_pair(np.zeros((*mask.shape, 3), np.uint8), mask, tuple(cfg.data.image_size))
+        mask = load_mask_at(item.mask, info, cfg.data.image_size)
         sets.append({int(v) for v in np.unique(mask) if v != IGNORE_INDEX})
     return sets, info.num_classes
 

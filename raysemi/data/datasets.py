@@ -270,10 +270,7 @@ def mask_class_counts(items: list[Item], info: DatasetInfo, image_size: list[int
     for item in items:
         if item.mask is None:
             raise DataError(f"image {item.image} has no mask to count classes in")
-        mask = load_mask(item.mask, info)
-        if image_size:
-            mask = resize_nearest(mask, tuple(image_size))
-        counts += np.bincount(mask.ravel(), minlength=256)[: info.num_classes]
+        counts += np.bincount(load_mask_at(item.mask, info, image_size).ravel(), minlength=256)[: info.num_classes]
     return counts.tolist()
 
 
@@ -342,3 +339,9 @@ def load_image_at(path: str, image_size: list[int] | tuple[int, int] | None) -> 
     if image_size:
         image, _ = resize_pair(image, None, tuple(image_size))
     return image
+
+
+def load_mask_at(path: str, info: DatasetInfo, image_size: list[int] | tuple[int, int] | None) -> np.ndarray:
+    """The mask as training loads it beside load_image_at's image: train ids, nearest-resized."""
+    mask = load_mask(path, info)
+    return resize_nearest(mask, tuple(image_size)) if image_size else mask

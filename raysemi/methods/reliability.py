@@ -51,7 +51,7 @@ def rank_weights(rank, a: float = 1.0, b: float = 1.0):
 CLASS_WEIGHT_CAP = 10.0
 
 
-def class_balance_weights(counts, power: float, cap: float = float("inf")) -> list[float]:
+def class_balance_weights(counts, power: float, cap: float = CLASS_WEIGHT_CAP) -> list[float]:
     """w_c = min(cap, (median f / f_c) ** power) per class, f_c = counts[c] / sum(counts), the median over
     the classes that occur; a class that never occurs gets 1 (no pixel of it is ever weighed). power 1 is
     median frequency balancing (Eigen and Fergus 2015), 0 gives 1 everywhere."""

@@ -16,7 +16,7 @@ import numpy as np
 from raysemi.config import Config, ModelConfig, RWMSConfig
 from raysemi.data.items import Item
 from raysemi.data.splits import read_split_file
-from raysemi.methods.reliability import CLASS_WEIGHT_CAP, class_balance_weights
+from raysemi.methods.reliability import class_balance_weights
 from raysemi.pipelines.common import (
     DataPlan,
     check_items,
@@ -51,7 +51,7 @@ def pseudo_spec(cfg: Config, sources: list[tuple[str, list[Item]]], reweight: bo
                        cfg.pseudo.a, cfg.pseudo.b, rw.cutmix, rw.lam_warmup)
     if rw.class_balance and reweight:  # absent when off: earlier runs keep their fingerprints
         counts = np.sum([label_counts(uri, [it.id for it in items]) for uri, items in sources], axis=0)
-        spec["class_weights"] = class_balance_weights(counts, rw.class_balance, CLASS_WEIGHT_CAP)
+        spec["class_weights"] = class_balance_weights(counts, rw.class_balance)
     return spec
 
 

@@ -272,7 +272,7 @@ def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, 
     For RWMS, when rwms.compare has 'suponly' and no 'suponly' stage exists, SupOnly is T1 (run_rwms
     does not train it twice): its row is T1's record. Notes come back beside the rows."""
     stages = manifest.get("stages", {})
-    own = {"rwms": {"t1", "t2", "s1", *(["s2"] if phases == 2 else [])}}.get(method, {method})
+    own = ({"t1", "t2", "s1"} | ({"s2"} if phases == 2 else set())) if method == "rwms" else {method}
     trained = own | set(compare)
     rows, notes = [], []
 

@@ -10,7 +10,7 @@ from raysemi.config import STUDY_RWMS, Config, ConfigError, UCCConfig
 from raysemi.data.datasets import mask_class_counts
 from raysemi.data.items import DataError
 from raysemi.data.splits import read_split_file
-from raysemi.methods.reliability import CLASS_WEIGHT_CAP, class_balance_weights
+from raysemi.methods.reliability import class_balance_weights
 from raysemi.methods.ucc import LATER_SETTINGS, STEP_SETTINGS
 from raysemi.pipelines.common import (DataPlan, as_rows, check_items, plan_data, results_table, side_by_side,
                                       train_oracle, train_stage)
@@ -31,9 +31,10 @@ def ucc_spec(cfg: Config, plan: DataPlan) -> dict:
     settings = {name: getattr(uc, name) for name in STEP_SETTINGS}
     settings |= {name: getattr(uc, name) for name in LATER_SETTINGS if getattr(uc, name) != getattr(UCCConfig, name)}
     guidance = {"guidance": rwms_guidance(cfg, plan)} if uc.guidance == "rwms" else {}
-    # absent when off, as the guidance: earlier runs keep their fingerprints
-    weights = {"class_weights": class_balance_weights(mask_class_counts(plan.labeled, plan.info, cfg.data.image_size),
-                                                      uc.class_balance, CLASS_WEIGHT_CAP)} if uc.class_balance else {}
+    weights = {}  # absent when off, as the guidance: earlier runs keep their fingerprints
+    if uc.class_balance:
+        counts = mask_class_counts(plan.labeled, plan.info, cfg.data.image_size)
+        weights["class_weights"] = class_balance_weights(counts, uc.class_balance)
     return {"settings": settings, "unlabeled": as_rows(plan.unlabeled),
             "batch_size": uc.unlabeled_batch_size or cfg.train.batch_size, "strong_max_ops": uc.strong_max_ops,
             **weights, **guidance}
