@@ -216,9 +216,9 @@ class RWMSConfig:
     lam_warmup: float = 0.0
     # issue 19's lever: a student's pseudo-labeled pixel of class c also weighs (median f / f_c) ** p, f_c
     # the share of c among the pixels of the tables it streams (p = 1: median frequency balancing, Eigen
-    # and Fergus 2015, SegNet's on CamVid); 0: the paper's rank weights alone. Students only (they
-    # reweight; a class weighs at most 10: methods.reliability.CLASS_WEIGHT_CAP): Baseline and the Oracle keep
-    # the paper's recipe.
+    # and Fergus 2015, SegNet's on CamVid); 0: the paper's rank weights alone. With reweight false the class
+    # weight alone. S1 and S2 only (a class weighs at most 10: methods.reliability.CLASS_WEIGHT_CAP):
+    # Baseline and the Oracle keep the paper's recipe.
     class_balance: float = 0.0
     pseudo_batch_size: int | None = None  # pseudo-labeled images per batch; default: train.batch_size
     iterations: int | None = None  # the students' schedule; default: train.iterations / train.epochs
@@ -242,8 +242,6 @@ class RWMSConfig:
             _bad("rwms.lam_warmup", self.lam_warmup, "in [0, 1)")
         if not 0 <= self.class_balance <= 1:
             _bad("rwms.class_balance", self.class_balance, "in [0, 1] (1: median frequency balancing, 0: off)")
-        if self.class_balance and not self.reweight:
-            _bad("rwms.class_balance", self.class_balance, "0 with rwms.reweight false (it scales the rank weights)")
         if self.pseudo_batch_size is not None and self.pseudo_batch_size < 1:
             _bad("rwms.pseudo_batch_size", self.pseudo_batch_size, ">= 1")
         for key in ("iterations", "cpus_per_worker"):

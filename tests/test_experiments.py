@@ -233,10 +233,18 @@ def test_the_1_30_ucc_class_balance_lever_files_change_only_the_weights(lever, b
     assert (cfg.ucc.class_balance, ref.ucc.class_balance) == (0.5, 0.0)
 
 
-def test_the_1_30_class_balance_lever_file_changes_only_the_students_weights():
-    cfg, ref = load("camvid/study_1-30/rwms_balance.yaml"), load("camvid/study_1-30/rwms.yaml")
+@pytest.mark.parametrize("name, power", [("rwms_balance", 0.5), ("rwms_mfb", 1.0)])
+def test_the_1_30_class_balance_lever_files_change_only_the_students_weights(name, power):
+    cfg, ref = load(f"camvid/study_1-30/{name}.yaml"), load("camvid/study_1-30/rwms.yaml")
     assert differing(cfg, ref) == {"rwms.class_balance"}
-    assert (cfg.rwms.class_balance, ref.rwms.class_balance) == (0.5, 0.0)
+    assert (cfg.rwms.class_balance, ref.rwms.class_balance) == (power, 0.0)
+
+
+def test_the_1_30_baseline_balance_file_is_baseline_plus_the_class_weights():
+    cfg, ref = load("camvid/study_1-30/baseline_balance.yaml"), load("camvid/study_1-30/rwms.yaml")
+    assert differing(cfg, ref) == {"rwms.phases", "rwms.compare", "rwms.reweight", "rwms.strong", "rwms.class_balance"}
+    assert (cfg.rwms.phases, cfg.rwms.reweight, cfg.rwms.strong, cfg.rwms.class_balance) == (1, False, False, 0.5)
+    assert cfg.rwms.compare == ["suponly", "baseline"]
 
 
 @pytest.mark.parametrize("name, dropped", [("baseline_strong", "rwms.reweight"), ("baseline_weights", "rwms.strong")])

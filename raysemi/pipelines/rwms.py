@@ -43,13 +43,15 @@ def student_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, train=train)
 
 
-def pseudo_spec(cfg: Config, sources: list[tuple[str, list[Item]]], reweight: bool, strong: bool) -> dict:
+def pseudo_spec(cfg: Config, sources: list[tuple[str, list[Item]]], reweight: bool, strong: bool,
+                balanced: bool = True) -> dict:
     """A student's TrainJob.spec: [(table, items)] with the config's weights, lam and its warm-up, CutMix
-    and batch; with rwms.class_balance (and reweight) the class weights of the rows it streams."""
+    and batch; with rwms.class_balance (and `balanced`: S1 and S2, not Baseline) the class weights of the
+    rows it streams, on the rank weights or, without reweight, on weight 1."""
     rw = cfg.rwms
     spec = stream_spec(sources, rw.pseudo_batch_size or cfg.train.batch_size, rw.lam, reweight, strong,
                        cfg.pseudo.a, cfg.pseudo.b, rw.cutmix, rw.lam_warmup)
-    if rw.class_balance and reweight:  # absent when off: earlier runs keep their fingerprints
+    if rw.class_balance and balanced:  # absent when off: earlier runs keep their fingerprints
         counts = np.sum([label_counts(uri, [it.id for it in items]) for uri, items in sources], axis=0)
         spec["class_weights"] = class_balance_weights(counts, rw.class_balance)
     return spec
@@ -100,7 +102,7 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
             out["suponly"] = train_stage(run, "suponly", scfg, student, plan.labeled, plan)
         if "baseline" in rw.compare:  # single-stage self-training: T1's labels on all of U, no weights or strong aug
             out["baseline"] = train_stage(run, "baseline", scfg, student, plan.labeled, plan, "rwms_student",
-                                          pseudo_spec(scfg, [(table, everything)], False, False))
+                                          pseudo_spec(scfg, [(table, everything)], False, False, balanced=False))
         if "oracle" in rw.compare:  # S2's recipe with U's true masks: the ceiling of any pseudo labels
             out["oracle"] = rwms_oracle(run, scfg, student, plan)
         return out
