@@ -225,6 +225,11 @@ class RWMSConfig:
     # CPUs (torch threads) per worker of the students and the comparison stages; default: train's.
     # The comparison stages (SupOnly, Baseline) train beside the S1 -> S2 chain.
     cpus_per_worker: int | None = None
+    # S2's CPUs per worker when it trains alone after the two lanes (fewer than two comparison stages);
+    # default: both lanes' (twice the students') where one node has them. `raysemi study` sets it to the
+    # students' when its runs at once need more CPUs than the cluster has, so that one run's S2 does not
+    # wait for the CPUs another run holds.
+    s2_cpus_per_worker: int | None = None
     compare: list[str] = field(default_factory=list)  # "suponly", "baseline", "oracle"
     # where the students' weights start: "imagenet" (the paper: the backbone's ImageNet weights, the head
     # at random) or "teacher" (issue 19's lever: S1 from T1's selected weights, S2 from S1's; the student
@@ -244,7 +249,7 @@ class RWMSConfig:
             _bad("rwms.class_balance", self.class_balance, "in [0, 1] (1: median frequency balancing, 0: off)")
         if self.pseudo_batch_size is not None and self.pseudo_batch_size < 1:
             _bad("rwms.pseudo_batch_size", self.pseudo_batch_size, ">= 1")
-        for key in ("iterations", "cpus_per_worker"):
+        for key in ("iterations", "cpus_per_worker", "s2_cpus_per_worker"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 _bad(f"rwms.{key}", getattr(self, key), ">= 1")
         _check_compare("rwms.compare", self.compare, ("suponly", "baseline", "oracle"))

@@ -54,6 +54,7 @@ def test_data_root_flag_wins(tmp_path):
     ("rwms: {init: teacher, student: {arch: pspnet}}\n", [], ["rwms.init", "teachers.t1", "c.yaml"]),
     ("", ["pseudo.flip=maybe"], ["pseudo.flip", "'maybe'"]),
     ("", ["rwms.lam_warmup=1"], ["rwms.lam_warmup", "[0, 1)"]),
+    ("", ["rwms.s2_cpus_per_worker=0"], ["rwms.s2_cpus_per_worker", ">= 1"]),
     ("", ["ucc.guidance=rwms"], ["ucc.guidance_run", "RWMS run directory"]),
     ("", ["ucc.guidance=rwms", "ucc.guidance_run=r", "ucc.guidance_order=false", "ucc.guidance_weights=false"],
      ["ucc.guidance_order", "ucc.guidance none"]),

@@ -81,3 +81,15 @@ def test_with_one_comparison_s2_trains_after_both_lanes(stages, tmp_path, ray_lo
 def test_one_phase_trains_no_second_student(stages, tmp_path):
     found = students(tmp_path, 2, lambda: {}, ["rwms.phases=1"])
     assert sorted(found) == ["s1"] and [n for _, n, _ in stages.log] == ["s1", "s1"]
+
+
+def test_s2_alone_after_the_lanes_gets_their_threads_where_a_node_has_them():
+    """2 x the students' CPUs after two lanes on a node that holds them; the students' own with one lane,
+    on a smaller node or on GPUs; rwms.s2_cpus_per_worker (what a crowded study sets) over all of these."""
+    cfg = load_config(REPO / "experiments/smoke/rwms.yaml", ["train.cpus_per_worker=2"])
+    assert rwms.s2_cpus(cfg, True, 4) == 4
+    assert rwms.s2_cpus(cfg, True, 3) == 2  # 4 would not fit on one node
+    assert rwms.s2_cpus(cfg, False, 16) == 2
+    assert rwms.s2_cpus(load_config(REPO / "experiments/smoke/rwms.yaml", ["train.use_gpu=true"]), True, 16) == 1
+    fixed = load_config(REPO / "experiments/smoke/rwms.yaml", ["train.cpus_per_worker=2", "rwms.s2_cpus_per_worker=3"])
+    assert rwms.s2_cpus(fixed, True, 4) == 3 and rwms.s2_cpus(fixed, False, 4) == 3

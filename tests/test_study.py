@@ -228,6 +228,25 @@ def test_plan_names_seeds_and_overrides(tmp_path):
     assert study.auto_parallel("auto", 1, 2, 6)[0] == 1  # at least 1
 
 
+def test_a_crowded_study_keeps_each_rwms_s2_on_the_students_cpus(tmp_path):
+    """Two smoke RWMS runs hold 2 CPUs each at their peak (two 1-CPU lanes): two at once on 2 CPUs would
+    leave one run's S2, given both lanes' CPUs, waiting for the other's; so it keeps the students' 1.
+    With room for both, or one at a time, nothing changes; a value the config sets is kept."""
+    def plan(extra=()):
+        return study.plan_runs(str(tmp_path / "s"), [SMOKE_RWMS, SMOKE_UCC], ["rwms", "ucc"], [0, 1], None,
+                               ["train.cpus_per_worker=1", *extra])
+
+    runs = plan()
+    assert study.keep_s2_in_its_lane(runs, 2, 4) is None and study.keep_s2_in_its_lane(runs, 1, 2) is None
+    assert all(r.cfg.rwms.s2_cpus_per_worker is None for r in runs)
+    note = study.keep_s2_in_its_lane(runs, 2, 2)
+    assert "2 runs at once need more than the cluster's 2 CPUs" in note
+    assert [r.cfg.rwms.s2_cpus_per_worker for r in runs if r.method == "rwms"] == [1, 1]
+    assert all(r.cfg.rwms.s2_cpus_per_worker is None for r in runs if r.method == "ucc")
+    kept = plan(["rwms.s2_cpus_per_worker=2"])
+    assert study.keep_s2_in_its_lane(kept, 2, 2) is None and all(r.cfg.rwms.s2_cpus_per_worker == 2 for r in kept)
+
+
 def test_a_failed_run_leaves_the_others_and_exits_1(tmp_path, monkeypatch, capsys):
     """Without Ray: the pipeline call is replaced; seed 1's run fails, seed 0's finished run is written."""
     def fake_run(run):

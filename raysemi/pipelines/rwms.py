@@ -165,15 +165,23 @@ def train_students(cfg: Config, run: RunDir, plan: DataPlan, table: str, u1: lis
 
 
 def _with_both_lanes(cfg: Config, two_lanes: bool) -> Config:
-    """On CPU, a stage that trains alone after two side-by-side lanes gets their threads (twice the
-    CPUs per worker) when one node has them; on GPUs, or without a second lane, nothing changes."""
+    """The config of S2 when it trains alone after the lanes: its CPUs per worker from s2_cpus."""
     import ray
 
-    cpus = 2 * cfg.train.cpus_per_worker
     largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
-    if cfg.train.use_gpu or not two_lanes or cpus > largest:
-        return cfg
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cpus_per_worker=cpus))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cpus_per_worker=s2_cpus(cfg, two_lanes, largest)))
+
+
+def s2_cpus(cfg: Config, two_lanes: bool, largest_node_cpus: float) -> int:
+    """S2's CPUs per worker when it trains alone after two side-by-side lanes: rwms.s2_cpus_per_worker
+    when set; else, on CPU, their threads (twice the students') when one node has them; on GPUs, or
+    without a second lane, the students'."""
+    students = cfg.train.cpus_per_worker
+    if cfg.rwms.s2_cpus_per_worker:
+        return cfg.rwms.s2_cpus_per_worker
+    if cfg.train.use_gpu or not two_lanes or 2 * students > largest_node_cpus:
+        return students
+    return 2 * students
 
 
 def final_student(rw: RWMSConfig) -> str:

@@ -217,6 +217,22 @@ def auto_parallel(address: str, cluster_cpus: float, per_run: int, n_runs: int) 
     return n, f"a cluster of {cluster_cpus:g} CPUs, one run holds up to {per_run}: {n} at a time"
 
 
+def keep_s2_in_its_lane(runs: list[StudyRun], parallel: int, cluster_cpus: float) -> str | None:
+    """When `parallel` runs at their peak need more CPUs than the cluster has, an RWMS run's S2 would wait
+    for both lanes' CPUs while another run holds some: each RWMS run without rwms.s2_cpus_per_worker gets
+    the students' (not a stage input). Returns the note to print, or None."""
+    if parallel < 2 or parallel * max(cpus_per_run(r) for r in runs) <= cluster_cpus:
+        return None
+    narrowed = 0
+    for r in runs:
+        if r.method == "rwms" and r.cfg.rwms.s2_cpus_per_worker is None:
+            cpus = student_config(r.cfg).train.cpus_per_worker
+            r.cfg = replace(r.cfg, rwms=replace(r.cfg.rwms, s2_cpus_per_worker=cpus))
+            narrowed += 1
+    return (f"{parallel} runs at once need more than the cluster's {cluster_cpus:g} CPUs: the RWMS runs' S2 keep "
+            "the students' CPUs (rwms.s2_cpus_per_worker), not both lanes'") if narrowed else None
+
+
 def resolve_parallel(value: int | str, runs: list[StudyRun]) -> tuple[int, str]:
     if value != "auto":
         return int(value), f"--parallel {value}"
@@ -556,6 +572,11 @@ def run_study(args: argparse.Namespace) -> int:
     n = len(args.config)
     print(f"[study] {len(runs)} runs ({n} config{'s' * (n != 1)} x {len(runs) // n} (split seed, seed) pairs), "
           f"{parallel} at once: {why}")
+    import ray
+
+    note = keep_s2_in_its_lane(runs, parallel, ray.cluster_resources().get("CPU", 0))
+    if note:
+        print(f"[study] {note}")
     root.write_text("study.yaml", yaml.safe_dump(study_args(args, runs, parallel), sort_keys=False))
     for r in elsewhere:
         print(f"[study] {r.label}: its rows come from --rows; not run here")
