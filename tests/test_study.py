@@ -238,6 +238,7 @@ def test_a_crowded_study_keeps_each_rwms_s2_on_the_students_cpus(tmp_path):
 
     runs = plan()
     assert study.keep_s2_in_its_lane(runs, 2, 4) is None and study.keep_s2_in_its_lane(runs, 1, 2) is None
+    assert study.keep_s2_in_its_lane(runs, 2, 0) is None  # no Ray yet: the CPUs are not known
     assert all(r.cfg.rwms.s2_cpus_per_worker is None for r in runs)
     note = study.keep_s2_in_its_lane(runs, 2, 2)
     assert "2 runs at once need more than the cluster's 2 CPUs" in note

@@ -220,8 +220,9 @@ def auto_parallel(address: str, cluster_cpus: float, per_run: int, n_runs: int) 
 def keep_s2_in_its_lane(runs: list[StudyRun], parallel: int, cluster_cpus: float) -> str | None:
     """When `parallel` runs at their peak need more CPUs than the cluster has, an RWMS run's S2 would wait
     for both lanes' CPUs while another run holds some: each RWMS run without rwms.s2_cpus_per_worker gets
-    the students' (not a stage input). Returns the note to print, or None."""
-    if parallel < 2 or parallel * max(cpus_per_run(r) for r in runs) <= cluster_cpus:
+    the students' (not a stage input). Returns the note to print, or None (also when the cluster's CPUs
+    are not known: 0)."""
+    if parallel < 2 or not cluster_cpus or parallel * max(cpus_per_run(r) for r in runs) <= cluster_cpus:
         return None
     narrowed = 0
     for r in runs:
@@ -236,10 +237,14 @@ def keep_s2_in_its_lane(runs: list[StudyRun], parallel: int, cluster_cpus: float
 def resolve_parallel(value: int | str, runs: list[StudyRun]) -> tuple[int, str]:
     if value != "auto":
         return int(value), f"--parallel {value}"
+    return auto_parallel(runs[0].cfg.ray.address, cluster_cpus(), max(cpus_per_run(r) for r in runs), len(runs))
+
+
+def cluster_cpus() -> float:
+    """The CPUs of the Ray this process joined; 0 before ray.init."""
     import ray
 
-    cpus = ray.cluster_resources().get("CPU", 0) if ray.is_initialized() else 0
-    return auto_parallel(runs[0].cfg.ray.address, cpus, max(cpus_per_run(r) for r in runs), len(runs))
+    return ray.cluster_resources().get("CPU", 0) if ray.is_initialized() else 0
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -572,9 +577,7 @@ def run_study(args: argparse.Namespace) -> int:
     n = len(args.config)
     print(f"[study] {len(runs)} runs ({n} config{'s' * (n != 1)} x {len(runs) // n} (split seed, seed) pairs), "
           f"{parallel} at once: {why}")
-    import ray
-
-    note = keep_s2_in_its_lane(runs, parallel, ray.cluster_resources().get("CPU", 0))
+    note = keep_s2_in_its_lane(runs, parallel, cluster_cpus())
     if note:
         print(f"[study] {note}")
     root.write_text("study.yaml", yaml.safe_dump(study_args(args, runs, parallel), sort_keys=False))
