@@ -29,7 +29,7 @@ from raysemi.evaluate import predict
 from raysemi.figures import colorize, new_figure, save_png
 from raysemi.methods.metrics import class_ids, percent
 from raysemi.pipelines.common import resolve_data_root
-from raysemi.rundir import RunDir
+from raysemi.rundir import RunDir, is_current
 from raysemi.train.checkpoint import load_model
 
 REPORT_FILE = "report.md"
@@ -44,12 +44,13 @@ def write_report(location: str, n_images: int = 4) -> str:
     if not storage.exists(location):  # RunDir would create it: a typo must not yield an empty report
         raise FileNotFoundError(f"run directory {location} does not exist")
     run = RunDir(location)
-    stages = run.manifest()["stages"]
+    manifest = run.manifest()
+    stages = manifest["stages"]
     # pseudo-label passes are the manifest's `pseudo_<name>` stages, a sweep is `tune`; every other stage trains a model
     training = {name: rec for name, rec in stages.items() if not name.startswith("pseudo") and name != "tune"}
     finished = [name for name, rec in training.items() if rec.get("status") == "done"]
     models, problems = _load_models(run, {name: training[name] for name in finished})
-    lines = [*_title(run, stages), "## Stages", "", *_stage_table(stages), ""]
+    lines = [*_title(run, stages), "## Stages", "", *_stage_table(manifest), ""]
     if not finished:
         lines += ["No training stage has finished yet: there is no per-class IoU and no prediction to show.", ""]
     lines += [f"- {name}: {why}" for name, why in problems.items()]
@@ -101,10 +102,16 @@ def _wall_time(rec: dict) -> str | None:
     return f"{h}h {rest // 60:02d}m {rest % 60:02d}s" if h else f"{rest // 60}m {rest % 60:02d}s"
 
 
-def _stage_table(stages: dict) -> list[str]:
+def _status(manifest: dict, rec: dict) -> str:
+    status = rec.get("status", "unknown")
+    return status if is_current(manifest, rec) else f"{status}, not reached by the latest command"
+
+
+def _stage_table(manifest: dict) -> list[str]:
+    stages = manifest["stages"]
     if not stages:
         return ["No stage is recorded in this run's manifest yet."]
-    rows = [[name, rec.get("status", "unknown"), *(percent(rec.get(k)) for k in SCORE_COLUMNS), rec.get("best_epoch"),
+    rows = [[name, _status(manifest, rec), *(percent(rec.get(k)) for k in SCORE_COLUMNS), rec.get("best_epoch"),
              _wall_time(rec), (rec.get("error") or "")[:120]] for name, rec in stages.items()]
     return [*_table(["stage", "status", "val mIoU %", "holdout mIoU %", "val (last) %", "holdout (last) %",
                      "selected epoch", "wall time", "error"], rows), "",

@@ -1,7 +1,8 @@
 """The run directory: one folder per pipeline run, with a manifest as its single source of truth.
 
 Layout:
-  manifest.json      every stage: status, input fingerprint, timestamps, outputs, metrics
+  manifest.json      every stage: status, input fingerprint, timestamps, outputs, metrics, and the id of
+                     the command that last wrote or confirmed it (beside the latest command's id)
   summary.json       a machine-readable view of the manifest: per stage val and holdout mIoU (selected
                      on val, and last), times, checkpoint
   config.yaml        the resolved configuration of the last command
@@ -21,6 +22,7 @@ import json
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +48,13 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def is_current(manifest: dict, rec: dict | None) -> bool:
+    """Whether a stage record of `manifest` was written or confirmed by the manifest's latest command
+    (see RunDir.command). In a manifest without the stamp (a run from before it) every record counts."""
+    latest = manifest.get("command")
+    return bool(rec) and (latest is None or rec.get("command") == latest)
+
+
 class RunDir:
     """A run directory at a local path or a `pyarrow.fs` URI (s3://bucket/runs/x): every file of it
     is read and written through `raysemi.storage`, so both behave the same."""
@@ -58,6 +67,10 @@ class RunDir:
             Path(self.root).mkdir(parents=True, exist_ok=True)
         self._planned: list[str] = []
         self._started: dict[str, float] = {}
+        # One RunDir per command: its writes carry this id, so a reader can tell the records the latest
+        # command wrote or found done with its inputs from those it never reached (a copied directory's,
+        # an earlier config's).
+        self.command = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
     @property
     def is_local(self) -> bool:
@@ -106,6 +119,10 @@ class RunDir:
         rec = self.stage(name)
         return bool(rec and rec.get("status") == "done" and rec.get("inputs") == inputs)
 
+    def confirm(self, name: str) -> None:
+        """A stage found done with this command's inputs (`is_done`): stamp it as this command's."""
+        self.update_stage(name)
+
     def plan_stages(self, names: list[str]) -> None:
         """The pipeline's stages in order, so that progress lines say where one stands ("stage 4/8")."""
         self._planned = list(names)
@@ -133,11 +150,13 @@ class RunDir:
             raise
 
     def update_stage(self, name: str, **fields: Any) -> dict:
-        """Merge `fields` into the stage's record; a change of status is also one console line."""
+        """Merge `fields` into the stage's record, stamped with this command's id; a change of status is
+        also one console line."""
         with _LOCK:
             man = self.manifest()
+            man["command"] = self.command
             rec = man["stages"].setdefault(name, {})
-            rec.update(fields)
+            rec.update(fields, command=self.command)
             self.write_text("manifest.json", json.dumps(man, indent=2))
             self._write_summary(man)
         status = fields.get("status")

@@ -188,6 +188,15 @@ def test_run_without_finished_stage(tmp_path):
     assert "No finished model to show." in text
 
 
+def test_a_stage_the_latest_command_never_reached_says_so(tmp_path):
+    RunDir(tmp_path / "run").update_stage("s2", status="done", val_miou=0.25)  # a copied run's record
+    RunDir(tmp_path / "run").update_stage("t1", status="running")  # the next command
+    write_report(str(tmp_path / "run"))
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "| s2 | done, not reached by the latest command | 25.00 |" in text
+    assert "| t1 | running | - |" in text
+
+
 def test_finished_stage_without_model_file(tmp_path):
     run = RunDir(tmp_path / "run")
     run.update_stage("t1", status="done", started="2026-11-22T02:40:11.000", ended="2026-11-22T02:41:11.000",

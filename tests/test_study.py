@@ -126,6 +126,32 @@ def test_rows_only_of_the_stages_the_config_trains(tmp_path):
     assert [r["model"] for r in rows] == ["T1", "T2", "Baseline", "S1", "S2", "Oracle"]
 
 
+def test_no_row_from_a_stage_the_runs_latest_command_never_reached(tmp_path):
+    """The copy-a-run-directory practice: a copy of an RWMS run, run again with another config (S1's and
+    S2's inputs change) that stopped after S1. Its S2 record is done, but the copied run's: no row, and a
+    note that says why. The T1 it confirmed stands in as SupOnly."""
+    copied = RunDir(tmp_path / "copy")
+    for stage in ("t1", "t2", "s1", "s2"):
+        copied.update_stage(stage, status="done", val_miou=0.4, holdout_miou=0.3)
+    rerun = RunDir(tmp_path / "copy")
+    for stage in ("t1", "t2"):
+        rerun.confirm(stage)
+    rerun.update_stage("s1", status="done", val_miou=0.5, holdout_miou=0.35)
+    cfg = study.load_config(SMOKE_RWMS, ["rwms.compare=[suponly]"])
+    run = study.StudyRun("lever", SMOKE_RWMS, "rwms", 0, 0, rerun.root, cfg)
+    rows, notes = study.collect_rows([run])
+    assert [(r["model"], r["holdout_selected"]) for r in rows] == [("T1", 0.3), ("T2", 0.3), ("SupOnly", 0.3),
+                                                                    ("S1", 0.35)]
+    assert [n for n in notes if "s2 is done" in n] == [
+        f"lever: {rerun.root}: s2 is done, but the run's latest command never reached it (a copied directory's or an "
+        "earlier config's record): no row; run the study again to check or retrain it."]
+
+    RunDir(tmp_path / "copy").update_stage("t2", status="running")  # a third command, stopped in T2
+    rows, notes = study.collect_rows([run])
+    assert [r["model"] for r in rows] == []  # T1 too is no longer current: not even SupOnly stands in
+    assert len([n for n in notes if "never reached" in n]) == 3  # t1, s1 and s2 (t2 is not done)
+
+
 def test_ucc_without_its_own_suponly_is_compared_with_the_same_training_in_the_rwms_runs(tmp_path):
     """The CamVid study's configs: UCC trains no SupOnly (ucc.compare []), and the RWMS run of the same
     seeds has a T1 that is that SupOnly (same data, model and schedule; only the CPUs differ). Its rows

@@ -216,6 +216,7 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
                           job.holdout_items, job.crop_size, job.scale, job.image_size], **_method_inputs(method, spec),
                           **({"init_from": storage.file_digest(init_from)} if init_from else {})})  # absent: as before
     if run.is_done(stage, inputs):
+        run.confirm(stage)
         rec = run.stage(stage)
         print(f"[{stage}] {run.position(stage)} already done with these inputs: {describe_record(rec)} ({rec['checkpoint']})")
         return rec

@@ -82,6 +82,7 @@ def run_tune(cfg: Config, space: SweepSpace, run: RunDir) -> list[dict]:
 
     inputs = fingerprint({"config": to_dict(cfg), "space": dataclasses.asdict(space)})
     if run.is_done(STAGE, inputs):
+        run.confirm(STAGE)
         rows = _read_rows(run)
         print(f"[{STAGE}] already done with these inputs: {len(rows)} trials, {run.path('tune', 'results.csv')}")
         _print_rows(rows, space)

@@ -99,6 +99,7 @@ def run_pass(run: RunDir, name: str, models: list[tuple[str, str]], items: list[
     # a pass that skipped bad images is not good enough for a rerun that would not skip them
     if (not force and run.is_done(stage, inputs) and (pc.skip_bad or not rec.get("rejected"))
             and is_complete(uri)):
+        run.confirm(stage)
         print(f"[{stage}] {run.position(stage)} already done with these inputs: {rec['rows']} images, {rec['rejected']} rejected ({uri})")
         return rec
 
