@@ -17,7 +17,7 @@ from PIL import Image
 from raysemi.cli import main
 from raysemi.config import load_config
 from raysemi.pipelines.teachers import run_teachers
-from raysemi.rundir import RunDir
+from raysemi.rundir import RunDir, is_current
 from raysemi.train.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,9 +102,12 @@ def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
     from raysemi.pipelines.pseudo import run_pseudo
     from raysemi.pseudo.table import iter_pseudo_rows, read_pseudo_table, table_uri
 
-    _, run, _ = teachers_run
+    _, trained, _ = teachers_run
+    run = RunDir(trained.root)  # `raysemi pseudo-label`: a command of its own after `raysemi teachers`
     cfg = load_config(REPO / "experiments/smoke/pseudo.yaml", FAST, str(camvid_root))
     run_pseudo(cfg, run)
+    man = run.manifest()  # the pass stands on the teachers: they are this command's too
+    assert man["command"] == run.command and all(man["stages"][t]["command"] == run.command for t in ("t1", "t2"))
     table = read_pseudo_table(table_uri(run, "teachers"), columns=["id", "reliability"])
     assert table.num_rows == 266 - 33
     r = table.column("reliability").to_numpy()
@@ -213,6 +216,8 @@ def test_smoke_rwms_killed_resumes_then_skips_everything(teachers_run, camvid_ro
     again = capsys.readouterr().out
     for k, stage in enumerate(("t1", "t2", "pseudo_teachers", "baseline", "s1", "pseudo_s1", "s2"), 1):
         assert f"[{stage}] stage {k}/7 already done with these inputs" in again, stage
+    man = run.manifest()  # every stage skipped is confirmed as the latest command's
+    assert sorted(s for s, rec in man["stages"].items() if is_current(man, rec)) == sorted(man["stages"])
 
 
 def test_sweep_reuses_the_teachers_and_asha_stops_the_diverging_trials(teachers_run, camvid_root, tmp_path, capsys):
