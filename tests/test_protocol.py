@@ -130,6 +130,8 @@ def test_loop_selects_on_val_and_reports_the_selected_models_holdout_and_per_cla
     job = make_job(run, "sup", cfg, cfg.model, plan.labeled, plan)
     assert len(job.holdout_items) == 8 and len(job.train_items) == 16
     metrics = run_plain(job)
+    cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    assert metrics["device"] == f"{cpu}, {cfg.train.cpus_per_worker} thread{'s' if cfg.train.cpus_per_worker > 1 else ''}"
     rows = [r for r in csv.DictReader(open(tmp_path / "run" / "sup" / "metrics.csv")) if r["val_miou"]]
     val = [float(r["val_miou"]) for r in rows]
     holdout = [float(r["holdout_miou"]) for r in rows]

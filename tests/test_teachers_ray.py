@@ -48,6 +48,8 @@ def test_two_teachers_trained_at_once(teachers_run):
     t1, t2 = summary["t1"], summary["t2"]
     # the training loops themselves overlapped in time, not just the threads that launched them
     assert t1["loop_started"] < t2["loop_ended"] and t2["loop_started"] < t1["loop_ended"]
+    threads = cfg.train.cpus_per_worker  # each worker's torch threads, with the processor, in the manifest
+    assert all(run.stage(t)["device"].endswith(f", {threads} thread{'s' if threads > 1 else ''}") for t in ("t1", "t2"))
     labeled = Path(run.path("splits", "labeled.txt")).read_text().splitlines()
     assert len(labeled) == round(266 / 8)  # 367 train images less the 101 of held-out sequence 0006R0
 

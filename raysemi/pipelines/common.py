@@ -231,7 +231,8 @@ def train_stage(run: RunDir, stage: str, cfg: Config, model: ModelConfig, train_
         iou_per_class=metrics.get("iou_per_class"), holdout_iou_per_class=metrics.get("holdout_iou_per_class"),
         # images each rank trained on since the last evaluation, and how many more than one rank did (DDP: 0)
         shard_sizes=metrics.get("shard_sizes"), shard_overlap=metrics.get("shard_overlap"),
-        loop_started=metrics.get("loop_started"), loop_ended=metrics.get("reported"), node=metrics.get("node"), error=None)
+        loop_started=metrics.get("loop_started"), loop_ended=metrics.get("reported"), node=metrics.get("node"),
+        device=metrics.get("device"), error=None)
 
 
 def side_by_side(jobs: dict[str, Callable[[], dict]]) -> dict[str, dict]:

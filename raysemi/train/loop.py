@@ -22,6 +22,7 @@ import csv
 import logging
 import math
 import os
+import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -399,6 +400,7 @@ def _evaluate_and_checkpoint(run: _Run, progress: _Progress, epoch: int, log: _L
                "iou_per_class": best["iou_per_class"], "holdout_iou_per_class": best["holdout_iou_per_class"],
                "shard_sizes": [len(ids) for ids in shards], "shard_overlap": _overlap(shards),
                "loop_started": progress.loop_started, "reported": time.time(), "node": session.node,
+               "device": device_description(run.device),
                # steady state: the first iterations warm up allocators and caches
                "median_step_s": float(np.median(progress.step_times[5:] or progress.step_times or [0.0]))}
     step = run.step
@@ -455,6 +457,22 @@ def _scores(cms: dict[str, np.ndarray]) -> dict:
 def _describe_scores(scores: dict) -> str:
     text = f"val mIoU {100 * scores['val_miou']:.2f}"
     return text if scores.get("holdout_miou") is None else f"{text}, holdout {100 * scores['holdout_miou']:.2f}"
+
+
+def device_description(device: torch.device) -> str:
+    """What rank 0 computed on, for the manifest: 'AMD EPYC, 1 thread' or the GPU's name. CPU training
+    reproduces to the last digit only on the same processor and threads (another processor's kernels
+    sum in another order), so a stage's record says which."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:  # Linux: platform.processor() is often empty or just 'x86_64'
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return f"{name}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def _gathered(obj, world: int) -> list:
