@@ -44,13 +44,12 @@ def write_report(location: str, n_images: int = 4) -> str:
     if not storage.exists(location):  # RunDir would create it: a typo must not yield an empty report
         raise FileNotFoundError(f"run directory {location} does not exist")
     run = RunDir(location)
-    manifest = run.manifest()
-    stages = manifest["stages"]
+    stages = run.manifest()["stages"]
     # pseudo-label passes are the manifest's `pseudo_<name>` stages, a sweep is `tune`; every other stage trains a model
     training = {name: rec for name, rec in stages.items() if not name.startswith("pseudo") and name != "tune"}
     finished = [name for name, rec in training.items() if rec.get("status") == "done"]
     models, problems = _load_models(run, {name: training[name] for name in finished})
-    lines = [*_title(run, stages), "## Stages", "", *_stage_table(manifest), ""]
+    lines = [*_title(run, stages), "## Stages", "", *_stage_table(stages), ""]
     if not finished:
         lines += ["No training stage has finished yet: there is no per-class IoU and no prediction to show.", ""]
     lines += [f"- {name}: {why}" for name, why in problems.items()]
@@ -102,16 +101,15 @@ def _wall_time(rec: dict) -> str | None:
     return f"{h}h {rest // 60:02d}m {rest % 60:02d}s" if h else f"{rest // 60}m {rest % 60:02d}s"
 
 
-def _status(manifest: dict, rec: dict) -> str:
+def _status(rec: dict) -> str:
     status = rec.get("status", "unknown")
-    return status if is_current(manifest, rec) else f"{status}, not reached by the latest command"
+    return status if is_current(rec) else f"{status}, unconfirmed by a later command"
 
 
-def _stage_table(manifest: dict) -> list[str]:
-    stages = manifest["stages"]
+def _stage_table(stages: dict) -> list[str]:
     if not stages:
         return ["No stage is recorded in this run's manifest yet."]
-    rows = [[name, _status(manifest, rec), *(percent(rec.get(k)) for k in SCORE_COLUMNS), rec.get("best_epoch"),
+    rows = [[name, _status(rec), *(percent(rec.get(k)) for k in SCORE_COLUMNS), rec.get("best_epoch"),
              _wall_time(rec), (rec.get("error") or "")[:120]] for name, rec in stages.items()]
     return [*_table(["stage", "status", "val mIoU %", "holdout mIoU %", "val (last) %", "holdout (last) %",
                      "selected epoch", "wall time", "error"], rows), "",

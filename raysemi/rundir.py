@@ -1,8 +1,8 @@
 """The run directory: one folder per pipeline run, with a manifest as its single source of truth.
 
 Layout:
-  manifest.json      every stage: status, input fingerprint, timestamps, outputs, metrics, and the id of
-                     the command that last wrote or confirmed it (beside the latest command's id)
+  manifest.json      every stage: status, input fingerprint, timestamps, outputs, metrics; `unconfirmed`
+                     while a later command that plans the stage has not yet rewritten or confirmed it
   summary.json       a machine-readable view of the manifest: per stage val and holdout mIoU (selected
                      on val, and last), times, checkpoint
   config.yaml        the resolved configuration of the last command
@@ -22,7 +22,6 @@ import json
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,11 +47,11 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def is_current(manifest: dict, rec: dict | None) -> bool:
-    """Whether a stage record of `manifest` was written or confirmed by the manifest's latest command
-    (see RunDir.command). In a manifest without the stamp (a run from before it) every record counts."""
-    latest = manifest.get("command")
-    return bool(rec) and (latest is None or rec.get("command") == latest)
+def is_current(rec: dict | None) -> bool:
+    """Whether a stage record stands: no command planned the stage since the record was written without
+    rewriting it or confirming it (`RunDir.plan_stages`). A record that is not current may belong to a
+    copied directory's run or to an earlier config, so it is not this run's result."""
+    return bool(rec) and not rec.get("unconfirmed")
 
 
 class RunDir:
@@ -67,10 +66,6 @@ class RunDir:
             Path(self.root).mkdir(parents=True, exist_ok=True)
         self._planned: list[str] = []
         self._started: dict[str, float] = {}
-        # One RunDir per command: its writes carry this id, so a reader can tell the records the latest
-        # command wrote or found done with its inputs from those it never reached (a copied directory's,
-        # an earlier config's).
-        self.command = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
     @property
     def is_local(self) -> bool:
@@ -120,12 +115,22 @@ class RunDir:
         return bool(rec and rec.get("status") == "done" and rec.get("inputs") == inputs)
 
     def confirm(self, name: str) -> None:
-        """A stage found done with this command's inputs (`is_done`): stamp it as this command's."""
+        """A stage found done with this command's inputs (`is_done`): its record stands (`is_current`)."""
         self.update_stage(name)
 
     def plan_stages(self, names: list[str]) -> None:
-        """The pipeline's stages in order, so that progress lines say where one stands ("stage 4/8")."""
+        """The command's stages in order, so that progress lines say where one stands ("stage 4/8"). The
+        records these stages already have are marked unconfirmed until the command rewrites or confirms
+        them: a command that stops early (or a copied run directory run with another config) must not
+        leave an earlier command's result looking like its own."""
         self._planned = list(names)
+        with _LOCK:
+            man = self.manifest()
+            stale = [man["stages"][n] for n in names if n in man["stages"]]
+            if stale:
+                for rec in stale:
+                    rec["unconfirmed"] = True
+                self.write_text("manifest.json", json.dumps(man, indent=2))
 
     @property
     def planned(self) -> list[str]:
@@ -150,13 +155,13 @@ class RunDir:
             raise
 
     def update_stage(self, name: str, **fields: Any) -> dict:
-        """Merge `fields` into the stage's record, stamped with this command's id; a change of status is
+        """Merge `fields` into the stage's record, which then stands (`is_current`); a change of status is
         also one console line."""
         with _LOCK:
             man = self.manifest()
-            man["command"] = self.command
             rec = man["stages"].setdefault(name, {})
-            rec.update(fields, command=self.command)
+            rec.update(fields)
+            rec.pop("unconfirmed", None)
             self.write_text("manifest.json", json.dumps(man, indent=2))
             self._write_summary(man)
         status = fields.get("status")

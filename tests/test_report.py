@@ -188,12 +188,13 @@ def test_run_without_finished_stage(tmp_path):
     assert "No finished model to show." in text
 
 
-def test_a_stage_the_latest_command_never_reached_says_so(tmp_path):
+def test_a_stage_a_later_command_did_not_confirm_says_so(tmp_path):
     RunDir(tmp_path / "run").update_stage("s2", status="done", val_miou=0.25)  # a copied run's record
-    RunDir(tmp_path / "run").update_stage("t1", status="running")  # the next command
+    RunDir(tmp_path / "run").plan_stages(["t1", "s2"])  # the next command, stopped before S2
+    RunDir(tmp_path / "run").update_stage("t1", status="running")
     write_report(str(tmp_path / "run"))
     text = (tmp_path / "run" / "report.md").read_text()
-    assert "| s2 | done, not reached by the latest command | 25.00 |" in text
+    assert "| s2 | done, unconfirmed by a later command | 25.00 |" in text
     assert "| t1 | running | - |" in text
 
 

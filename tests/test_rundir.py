@@ -40,7 +40,7 @@ def test_status_changes_are_console_lines_with_the_stage_position(tmp_path, caps
     run.update_stage("other", status="failed")
     assert capsys.readouterr().out.splitlines() == [
         "[t2] stage 2/3 started", "[t2] stage 2/3 done in 0m00s", "[other] stage started", "[other] stage failed in 0m00s"]
-    assert run.stage("t2") == {"status": "done", "val_miou": 0.5, "command": run.command}
+    assert run.stage("t2") == {"status": "done", "val_miou": 0.5}
 
 
 def test_duration_text():
@@ -64,31 +64,20 @@ def test_running_marks_a_stage_running_then_failed_with_its_error(tmp_path, caps
     assert "[s2] stage started" in out and "[s2] stage failed" in out
 
 
-def test_records_the_latest_command_never_reached_are_not_current(tmp_path):
-    """A run directory copied from another config's run (or left by an earlier command): the new command
-    trains or confirms T1 and S1 and stops; S2's record is the old command's, so it is not current."""
+def test_records_a_later_command_planned_but_did_not_reach_are_unconfirmed(tmp_path):
+    """A run directory copied from another config's run (or left by an earlier command): the next command
+    plans T1, S1 and S2, confirms T1, retrains S1 and stops; S2's record is the old command's."""
     old = RunDir(tmp_path / "run")
-    for stage in ("t1", "s1", "s2"):
+    for stage in ("t1", "s1", "s2", "other"):
         old.update_stage(stage, status="done", inputs=stage)
-    assert all(is_current(old.manifest(), old.stage(s)) for s in ("t1", "s1", "s2"))
+    assert all(is_current(old.stage(s)) for s in ("t1", "s1", "s2"))
 
     new = RunDir(tmp_path / "run")  # the next command on the same directory
-    assert new.command != old.command
+    new.plan_stages(["t1", "s1", "s2", "new"])
+    assert [is_current(new.stage(s)) for s in ("t1", "s1", "s2", "other")] == [False, False, False, True]
     new.confirm("t1")  # found done with its inputs
     new.update_stage("s1", status="running", inputs="changed")
     new.update_stage("s1", status="done")
-    man = new.manifest()
-    assert man["command"] == new.command
-    assert [is_current(man, man["stages"][s]) for s in ("t1", "s1", "s2")] == [True, True, False]
-    assert man["stages"]["t1"] == {"status": "done", "inputs": "t1", "command": new.command}  # confirming changes no field
-    assert not is_current(man, None)
-
-
-def test_a_manifest_from_before_the_stamps_counts_every_record(tmp_path):
-    run = RunDir(tmp_path / "run")
-    run.write_text("manifest.json", json.dumps({"stages": {"t1": {"status": "done"}, "s2": {"status": "done"}}}))
-    man = run.manifest()
-    assert is_current(man, man["stages"]["t1"]) and is_current(man, man["stages"]["s2"])
-    run.confirm("t1")  # the first stamped command: what it did not reach is no longer current
-    man = run.manifest()
-    assert is_current(man, man["stages"]["t1"]) and not is_current(man, man["stages"]["s2"])
+    assert [is_current(new.stage(s)) for s in ("t1", "s1", "s2", "other")] == [True, True, False, True]
+    assert new.stage("t1") == {"status": "done", "inputs": "t1"}  # confirming changes no field
+    assert new.stage("new") is None and not is_current(None)  # planning writes no record of its own

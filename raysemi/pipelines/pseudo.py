@@ -52,8 +52,6 @@ def run_pseudo(cfg: Config, run: RunDir, force: bool = False, plan: DataPlan | N
     trained on (made once per command); without it the split is planned and checked against the run's.
     Returns the manifest record of stage pseudo_teachers."""
     checkpoints = teacher_checkpoints(run)
-    for name, _ in checkpoints:  # the pass stands on them: `raysemi pseudo-label` after `raysemi teachers`
-        run.confirm(name)
     plan = plan or _plan_same_split(cfg, run)
     if not plan.unlabeled:
         raise ConfigError("the unlabeled split is empty: there is nothing to pseudo-label")

@@ -79,9 +79,6 @@ def u1_and_u2(cfg: Config, plan: DataPlan, pass_rec: dict) -> tuple[list[Item], 
 def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
     """Every stage in order; returns {stage: manifest record} of the stages in the final table."""
     rw = cfg.rwms
-    plan = plan_data(cfg, run)
-    check_items(plan.labeled + plan.val)
-    init_ray(cfg.ray)
     student: ModelConfig = rw.student or cfg.teachers.t1
     scfg = student_config(cfg)
     same_schedule = dataclasses.replace(scfg.train, cpus_per_worker=cfg.train.cpus_per_worker) == cfg.train
@@ -90,6 +87,9 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
         print("[suponly] the student model and schedule are T1's: SupOnly is T1")
     compared = [s for s in ("suponly", "baseline", "oracle") if s in rw.compare and not (s == "suponly" and suponly_is_t1)]
     run.plan_stages(["t1", "t2", "pseudo_teachers", *compared, "s1", *(["pseudo_s1", "s2"] if rw.phases == 2 else [])])
+    plan = plan_data(cfg, run)  # after the plan: a run refused here keeps no earlier config's records current
+    check_items(plan.labeled + plan.val)
+    init_ray(cfg.ray)
     teachers = run_teachers(cfg, run, plan)
     pass_rec = run_pseudo(cfg, run, plan=plan)
     table = pass_rec["table"]

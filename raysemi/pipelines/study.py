@@ -309,17 +309,17 @@ def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, 
         rec = stages.get(stage)
         if stage == "suponly" and method == "rwms" and rec is None and "suponly" in compare:
             rec = stages.get("t1")
-            if rec and rec.get("status") == "done" and is_current(manifest, rec):
+            if rec and rec.get("status") == "done" and is_current(rec):
                 notes.append(f"{config}: SupOnly is T1 (the students' model and schedule are T1's, so run_rwms "
                              "trains it once); its rows are T1's records.")
             else:
                 continue  # T1's own row (or note) says why
         if not rec or rec.get("status") != "done":
             continue
-        if not is_current(manifest, rec):
-            notes.append(f"{config}: {run}: {stage} is done, but the run's latest command never reached it (a "
-                         "copied directory's or an earlier config's record): no row; run the study again to "
-                         "check or retrain it.")
+        if not is_current(rec):
+            notes.append(f"{config}: {run}: {stage} is done, but a later command planned it and did not "
+                         "confirm it (a copied directory's or an earlier config's record): no row; run the study "
+                         "again to check or retrain it.")
             continue
         rows.append(row(MODEL_NAMES[stage], rec))
     return rows, notes
@@ -359,8 +359,7 @@ def _rwms_t1_as_suponly(run: StudyRun, runs: list[StudyRun]) -> tuple[dict, str]
             continue
         if not same_training(run.cfg, run.cfg.model, other.cfg, other.cfg.teachers.t1):
             continue
-        manifest = RunDir(other.run).manifest()
-        rows, _ = manifest_rows({**manifest, "stages": {"t1": manifest["stages"].get("t1")}}, config=run.name,
+        rows, _ = manifest_rows({"stages": {"t1": RunDir(other.run).stage("t1")}}, config=run.name,
                                 method="rwms", split_seed=run.split_seed, seed=run.seed, run=other.run)
         if not rows:  # not done, or not current (the RWMS run's own rows say so)
             continue

@@ -17,7 +17,7 @@ from raysemi.pipelines.common import (DataPlan, as_rows, check_items, plan_data,
 from raysemi.pipelines.pseudo import STAGE as PASS_STAGE
 from raysemi.pseudo.table import read_pseudo_table, table_meta
 from raysemi.ray_start import init_ray
-from raysemi.rundir import RunDir
+from raysemi.rundir import RunDir, is_current
 
 NAMES = {"suponly": "SupOnly", "ucc": "UCC", "oracle": "Oracle"}
 
@@ -54,6 +54,10 @@ def rwms_guidance(cfg: Config, plan: DataPlan) -> dict:
     if not rec or rec.get("status") != "done" or "split" not in rec:
         raise DataError(f"ucc.guidance_run {uc.guidance_run}: its teachers' pass ({PASS_STAGE}) has not finished; "
                         "run `raysemi rwms` (or `raysemi teachers` and `raysemi pseudo-label`) there first")
+    if not is_current(rec):
+        raise DataError(f"ucc.guidance_run {uc.guidance_run}: a later command there planned its teachers' pass "
+                        f"({PASS_STAGE}) again and did not finish it; the pass on record may not be its teachers': "
+                        "run `raysemi rwms` there again first")
     theirs = read_split_file(source.path("splits", "labeled.txt"), plan.root)
     if sorted(it.id for it in theirs) != sorted(it.id for it in plan.labeled):
         raise DataError(f"ucc.guidance_run {uc.guidance_run} labeled other images than this run "
@@ -75,6 +79,7 @@ def rwms_guidance(cfg: Config, plan: DataPlan) -> dict:
 
 def run_ucc(cfg: Config, run: RunDir) -> dict[str, dict]:
     """Train UCC (and the comparison stages); returns {stage: manifest record}."""
+    run.plan_stages(["ucc", *(name for name in ("suponly", "oracle") if name in cfg.ucc.compare)])
     plan = plan_data(cfg, run)
     check_items(plan.labeled + plan.val)
     if not plan.unlabeled:
@@ -86,7 +91,6 @@ def run_ucc(cfg: Config, run: RunDir) -> dict[str, dict]:
         jobs["suponly"] = lambda: train_stage(run, "suponly", cfg, cfg.model, plan.labeled, plan)
     if "oracle" in cfg.ucc.compare:  # the single-head model on D_l + U with U's true masks, UCC's batch composition
         jobs["oracle"] = lambda: train_oracle(run, cfg, cfg.model, plan, cfg.ucc.unlabeled_batch_size or cfg.train.batch_size)
-    run.plan_stages(list(jobs))
     results = side_by_side(jobs)  # as the teachers
     print("\n" + results_table({NAMES[name]: results[name] for name in ("suponly", "ucc", "oracle") if name in results}))
     from raysemi.report import write_report

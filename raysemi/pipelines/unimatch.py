@@ -30,6 +30,7 @@ def run_unimatch(cfg: Config, run: RunDir) -> dict[str, dict]:
     if cfg.model.arch not in HEADS:
         raise ConfigError(f"model.arch: UniMatch trains a single-head model ({', '.join(HEADS)}), "
                           f"got {cfg.model.arch!r}")
+    run.plan_stages(["unimatch", *(name for name in ("suponly", "oracle") if name in cfg.unimatch.compare)])
     plan = plan_data(cfg, run)
     check_items(plan.labeled + plan.val)
     if not plan.unlabeled:
@@ -42,7 +43,6 @@ def run_unimatch(cfg: Config, run: RunDir) -> dict[str, dict]:
         jobs["suponly"] = lambda: train_stage(run, "suponly", cfg, cfg.model, plan.labeled, plan)
     if "oracle" in um.compare:  # the same model on D_l + U with U's true masks, UniMatch's batch composition
         jobs["oracle"] = lambda: train_oracle(run, cfg, cfg.model, plan, um.unlabeled_batch_size or cfg.train.batch_size)
-    run.plan_stages(list(jobs))
     results = side_by_side(jobs)
     print("\n" + results_table({NAMES[name]: results[name] for name in ("suponly", "unimatch", "oracle")
                                 if name in results}))

@@ -465,9 +465,9 @@ def device_description(device: torch.device) -> str:
     sum in another order), so a stage's record says which."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
+    name = platform.machine()  # where /proc/cpuinfo names no model (other systems, some ARM machines)
     try:
-        with open("/proc/cpuinfo") as f:  # Linux: platform.processor() is often empty or just 'x86_64'
+        with open("/proc/cpuinfo") as f:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
     except OSError:
         pass
