@@ -84,7 +84,8 @@ def test_csv_and_md_of_hand_written_manifests(tmp_path):
     runs = []
     for seed, (t1, s2) in enumerate(((0.40, 0.44), (0.42, 0.47))):
         d = RunDir(tmp_path / "rwms" / f"split0-seed{seed}")
-        stages = {"t1": rec(t1, holdout_miou=t1 - 0.1, val_miou_last=t1 - 0.01), "t2": rec(0.38),
+        device = ("AMD EPYC, 1 thread", "Intel Xeon, 1 thread")[seed]  # two machines' T1
+        stages = {"t1": rec(t1, holdout_miou=t1 - 0.1, val_miou_last=t1 - 0.01, device=device), "t2": rec(0.38),
                   "s1": rec(0.43), "s2": rec(s2), "pseudo_teachers": {"status": "done"},
                   "baseline": {"status": "running", "val_miou": None}}
         d.write_text("manifest.json", json.dumps({"stages": stages}))
@@ -98,7 +99,8 @@ def test_csv_and_md_of_hand_written_manifests(tmp_path):
     assert list(got[0]) == list(study.COLUMNS)
     assert got[0] == {"config": "rwms", "method": "rwms", "model": "T1", "split_seed": "0", "seed": "0",
                       "val_selected": "40.00", "holdout_selected": "30.00", "val_last": "39.00", "holdout_last": "",
-                      "best_epoch": "4", "run": runs[0].run}
+                      "best_epoch": "4", "run": runs[0].run, "device": "AMD EPYC, 1 thread"}
+    assert got[1]["device"] == ""  # T2's record names none
     assert got[2]["model"] == "SupOnly" and got[2]["val_selected"] == "40.00"
     assert [r["val_selected"] for r in got if r["model"] == "S2"] == ["44.00", "47.00"]
     summary = study.summarise(rows)
@@ -107,6 +109,9 @@ def test_csv_and_md_of_hand_written_manifests(tmp_path):
     assert s2["compared"] == "holdout_selected" and s2["diff"] is None
     md = study.md_text(rows, summary, notes, failed={"rwms/split0-seed2": "RuntimeError: boom"})
     assert "SupOnly is T1" in md and "rwms/split0-seed2: RuntimeError: boom" in md
+    assert ("- rwms / T1: rows from 2 devices (AMD EPYC, 1 thread; Intel Xeon, 1 thread); results on different "
+            "processors differ") in md
+    assert "rwms / T2: rows from" not in md  # one kind (none recorded)
     assert "| rwms | S2 | 0 | 1 | 47.00 | - | - | - | 4 |" in md
     png = study.study_plot(rows, tmp_path / "study.png")
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -223,6 +228,15 @@ def test_rows_of_an_earlier_session_join_the_tables(tmp_path, capsys):
     capsys.readouterr()
     assert main(cmd[:-1] + [str(bad)]) == 2
     assert f"{bad}: not a study.csv (no column 'method')" in capsys.readouterr().err
+
+
+def test_a_study_csv_from_before_the_device_column_reads(tmp_path):
+    old = tmp_path / "old.csv"
+    old.write_text("config,method,model,split_seed,seed,val_selected,holdout_selected,val_last,holdout_last,"
+                   "best_epoch,run\nrwms,rwms,S2,0,1,48.00,27.19,47.50,,480,/r\n")
+    (row,) = study.read_rows(str(old))
+    assert (row["holdout_selected"], row["seed"], row["device"]) == (pytest.approx(0.2719), 1, None)
+    assert "device" in study.csv_text([row]).splitlines()[0].split(",")
 
 
 def test_guided_ucc_reads_the_rwms_run_of_its_seeds(tmp_path):

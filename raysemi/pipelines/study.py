@@ -48,7 +48,8 @@ MODEL_NAMES = {"t1": "T1", "t2": "T2", "suponly": "SupOnly", "baseline": "Baseli
                "oracle": "Oracle", "ucc": "UCC", "unimatch": "UniMatch"}
 SUPONLY = "SupOnly"
 COLUMNS = ("config", "method", "model", "split_seed", "seed", "val_selected", "holdout_selected", "val_last",
-           "holdout_last", "best_epoch", "run")
+           "holdout_last", "best_epoch", "run", "device")
+OPTIONAL = ("device",)  # absent from the study.csv files written before it (empty: not known)
 METRICS = ("val_selected", "holdout_selected", "val_last", "holdout_last")
 # manifest record field of each metric (fractions in [0, 1]; a missing one is empty)
 FIELDS = {"val_selected": "val_miou", "holdout_selected": "holdout_miou", "val_last": "val_miou_last",
@@ -300,7 +301,7 @@ def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, 
     def row(model: str, rec: dict) -> dict:
         out = {"config": config, "method": method, "model": model, "split_seed": split_seed, "seed": seed}
         out.update({m: _value(rec, f) for m, f in FIELDS.items()})
-        out.update(best_epoch=_value(rec, "best_epoch"), run=run)
+        out.update(best_epoch=_value(rec, "best_epoch"), run=run, device=_value(rec, "device"))
         return out
 
     for stage in STAGES[method]:
@@ -473,6 +474,7 @@ def md_text(rows: list[dict], summary: list[dict], notes: list[str] = (), failed
              "vs SupOnly: the model's " + " / ".join(c.replace("_", " ") for c in compared) + " mean minus SupOnly's "
              "in the same config" + (" (val selected where a config has no holdout: the selection metric "
              "itself, so optimistic)" if "val_selected" in compared else "") + ". " + SD_RULE]
+    notes = [*notes, *device_notes(rows)]
     if notes:
         parts += ["", *[f"- {n}" for n in notes]]
     if failed:
@@ -481,6 +483,18 @@ def md_text(rows: list[dict], summary: list[dict], notes: list[str] = (), failed
     if plot:
         parts += ["", f"![per-seed values and means]({plot})"]
     return "\n".join(parts) + "\n"
+
+
+def device_notes(rows: list[dict]) -> list[str]:
+    """A note per (config, model) whose rows were trained on more than one kind of device: CPU training
+    reproduces to the last digit only on the same processor and threads, so such rows mix the machines'
+    differences into the seeds' spread."""
+    devices: dict[tuple, set] = {}
+    for r in rows:
+        devices.setdefault((r["config"], r["model"]), set()).add(r.get("device") or "not recorded")
+    return [f"{config} / {model}: rows from {len(kinds)} devices ({'; '.join(sorted(kinds))}); results on "
+            "different processors differ, so the spread holds the machines' differences as well as the seeds'."
+            for (config, model), kinds in devices.items() if len(kinds) > 1]
 
 
 def study_plot(rows: list[dict], path) -> str:
@@ -516,7 +530,7 @@ def read_rows(path: str) -> list[dict]:
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL]
             if missing:
                 raise DataError(f"{path}: not a study.csv (no column {missing[0]!r})")
             rows = list(reader)
@@ -526,6 +540,7 @@ def read_rows(path: str) -> list[dict]:
     for line, r in enumerate(rows, 2):
         try:
             out.append({**r, **{m: float(r[m]) / 100 if r[m] else None for m in METRICS},
+                        "device": r.get("device") or None,
                         "split_seed": int(r["split_seed"]), "seed": int(r["seed"]),
                         "best_epoch": int(r["best_epoch"]) if r["best_epoch"] else None})
         except ValueError:
