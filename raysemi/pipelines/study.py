@@ -308,20 +308,20 @@ def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, 
         if stage not in trained:
             continue
         rec = stages.get(stage)
-        if stage == "suponly" and method == "rwms" and rec is None and "suponly" in compare:
+        t1_stands_in = stage == "suponly" and method == "rwms" and rec is None and "suponly" in compare
+        if t1_stands_in:
             rec = stages.get("t1")
-            if rec and rec.get("status") == "done" and is_current(rec):
-                notes.append(f"{config}: SupOnly is T1 (the students' model and schedule are T1's, so run_rwms "
-                             "trains it once); its rows are T1's records.")
-            else:
-                continue  # T1's own row (or note) says why
         if not rec or rec.get("status") != "done":
             continue
         if not is_current(rec):
-            notes.append(f"{config}: {run}: {stage} is done, but a later command planned it and did not "
-                         "confirm it (a copied directory's or an earlier config's record): no row; run the study "
-                         "again to check or retrain it.")
+            if not t1_stands_in:  # T1's own note says it once
+                notes.append(f"{config}: {run}: {stage} is done, but a later command planned it and did not "
+                             "confirm it (a copied directory's or an earlier config's record): no row; run the "
+                             "study again to check or retrain it.")
             continue
+        if t1_stands_in:
+            notes.append(f"{config}: SupOnly is T1 (the students' model and schedule are T1's, so run_rwms "
+                         "trains it once); its rows are T1's records.")
         rows.append(row(MODEL_NAMES[stage], rec))
     return rows, notes
 

@@ -251,6 +251,7 @@ class _Run:
     extras: object  # the step's own endless batches, or None
     epochs: int
     total: int  # iterations, counted in labeled batches
+    device_name: str  # device_description, once its threads are set
 
 
 @dataclass
@@ -324,7 +325,7 @@ def _build(job: TrainJob) -> _Run:
         prepare_loader=session.prepare_loader, iterations=total))
     extras = step.batches()
     return _Run(job, tc, mc, session, device, info, model, optimizer, scaler, use_amp, loader, eval_sets, step,
-                extras, epochs, total)
+                extras, epochs, total, device_description(device))
 
 
 def _restore(run: _Run) -> _Progress:
@@ -400,7 +401,7 @@ def _evaluate_and_checkpoint(run: _Run, progress: _Progress, epoch: int, log: _L
                "iou_per_class": best["iou_per_class"], "holdout_iou_per_class": best["holdout_iou_per_class"],
                "shard_sizes": [len(ids) for ids in shards], "shard_overlap": _overlap(shards),
                "loop_started": progress.loop_started, "reported": time.time(), "node": session.node,
-               "device": device_description(run.device),
+               "device": run.device_name,
                # steady state: the first iterations warm up allocators and caches
                "median_step_s": float(np.median(progress.step_times[5:] or progress.step_times or [0.0]))}
     step = run.step
