@@ -21,12 +21,16 @@ def init_ray(rc: RayConfig) -> None:
     the command joins that Ray, and `ray.num_cpus`, which sizes a Ray it starts, does not apply."""
     import ray
 
-    if ray.is_initialized():
-        return
-    if rc.address:
-        ray.init(address=rc.address)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
+    if starts_local_ray(rc):
         cpus = rc.num_cpus if rc.num_cpus is not None else len(os.sched_getaffinity(0))
         ray.init(num_cpus=rc.num_cpus, _system_config={"num_workers_soft_limit": cpus + IDLE_WORKER_HEADROOM})
+    elif not ray.is_initialized():
+        ray.init(address=rc.address or None)  # None: RAY_ADDRESS's
+
+
+def starts_local_ray(rc: RayConfig) -> bool:
+    """Whether `init_ray(rc)` starts a Ray of its own, whose processes inherit this process's environment
+    (a Ray joined, or already joined, has its own)."""
+    import ray
+
+    return not (ray.is_initialized() or rc.address or os.environ.get("RAY_ADDRESS"))

@@ -289,6 +289,25 @@ def test_a_crowded_study_keeps_each_rwms_s2_on_the_students_cpus(tmp_path):
     assert study.keep_s2_in_its_lane(kept, 2, 2) is None and all(r.cfg.rwms.s2_cpus_per_worker == 2 for r in kept)
 
 
+def test_runs_at_once_on_a_ray_the_study_starts_wait_for_cpus_quietly(monkeypatch):
+    """Ray Train's 60 s worker-group start timeout becomes a day for --parallel >= 2 on a Ray the study
+    starts (its processes inherit the variable); not for one run at a time, a Ray joined, or a value set."""
+    import ray
+
+    from raysemi.config import RayConfig
+
+    assert not ray.is_initialized(), "runs before this module's Ray test starts Ray"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local, joined, key = RayConfig(), RayConfig(address="auto"), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+    environ = {"PATH": "/bin"}
+    assert study.let_runs_wait_for_cpus(2, local, environ) and environ == {"PATH": "/bin", key: "86400"}
+    for parallel, rc, environ in [(1, local, {}), ("auto", local, {}), (2, joined, {}), (3, local, {key: "5"})]:
+        before = dict(environ)
+        assert not study.let_runs_wait_for_cpus(parallel, rc, environ) and environ == before, (parallel, rc)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a command that joins its caller's Ray
+    assert not study.let_runs_wait_for_cpus(2, local, {})
+
+
 def test_a_failed_run_leaves_the_others_and_exits_1(tmp_path, monkeypatch, capsys):
     """Without Ray: the pipeline call is replaced; seed 1's run fails, seed 0's finished run is written."""
     def fake_run(run):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from raysemi import storage
-from raysemi.config import STUDY_RWMS, Config, ConfigError, dump_yaml, load_config
+from raysemi.config import STUDY_RWMS, Config, ConfigError, RayConfig, dump_yaml, load_config
 from raysemi.data.items import DataError
 from raysemi.figures import RELIABLE_COLOUR, UNRELIABLE_COLOUR, new_figure, save_png
 from raysemi.methods.metrics import percent
@@ -36,7 +37,7 @@ from raysemi.pipelines.common import same_training
 from raysemi.pipelines.rwms import run_rwms, student_config
 from raysemi.pipelines.ucc import run_ucc
 from raysemi.pipelines.unimatch import run_unimatch
-from raysemi.ray_start import init_ray
+from raysemi.ray_start import init_ray, starts_local_ray
 from raysemi.rundir import RunDir, is_current
 
 METHODS = ("rwms", "ucc", "unimatch")
@@ -54,6 +55,7 @@ METRICS = ("val_selected", "holdout_selected", "val_last", "holdout_last")
 # manifest record field of each metric (fractions in [0, 1]; a missing one is empty)
 FIELDS = {"val_selected": "val_miou", "holdout_selected": "holdout_miou", "val_last": "val_miou_last",
           "holdout_last": "holdout_miou_last"}
+CPU_WAIT_ENV, CPU_WAIT_S = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 24 * 3600  # let_runs_wait_for_cpus
 SD_RULE = ("A difference is marked *not separated* when |difference| < sd(model) + sd(SupOnly): the two "
            "means are closer than their two sample sds (ddof 1) added, so these seeds do not tell them apart.")
 
@@ -239,6 +241,18 @@ def resolve_parallel(value: int | str, runs: list[StudyRun]) -> tuple[int, str]:
     if value != "auto":
         return int(value), f"--parallel {value}"
     return auto_parallel(runs[0].cfg.ray.address, cluster_cpus(), max(cpus_per_run(r) for r in runs), len(runs))
+
+
+def let_runs_wait_for_cpus(parallel: int | str, rc: RayConfig, environ=os.environ) -> bool:
+    """Before the study starts a local Ray for runs at once (`--parallel N`, N >= 2): a run whose stage
+    finds too few free CPUs waits for another run's stage to end, often minutes, and Ray Train calls a
+    worker group that has not started in 60 s a failure, printing a 30-line "Training failed due to
+    controller error" each minute while it waits and tries again. The study makes Ray Train's timeout a
+    day in the environment its Ray's processes inherit, unless the variable is set. True when it did."""
+    if parallel == "auto" or int(parallel) < 2 or CPU_WAIT_ENV in environ or not starts_local_ray(rc):
+        return False
+    environ[CPU_WAIT_ENV] = str(CPU_WAIT_S)
+    return True
 
 
 def cluster_cpus() -> float:
@@ -594,6 +608,8 @@ def run_study(args: argparse.Namespace) -> int:
         paths, table = write_outputs(root, runs, pending, earlier)
         print(f"\n{table}\n\nstudy: {paths['md']}\ntable: {paths['csv']}\nplot: {paths['png']}")
         return 0
+    if let_runs_wait_for_cpus(args.parallel, runs[0].cfg.ray):
+        print(f"[study] a run that finds too few free CPUs waits for them ({CPU_WAIT_ENV}={CPU_WAIT_S})")
     init_ray(runs[0].cfg.ray)  # once, before the runs' threads
     parallel, why = resolve_parallel(args.parallel, runs)
     n = len(args.config)
