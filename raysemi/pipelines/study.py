@@ -55,7 +55,6 @@ METRICS = ("val_selected", "holdout_selected", "val_last", "holdout_last")
 # manifest record field of each metric (fractions in [0, 1]; a missing one is empty)
 FIELDS = {"val_selected": "val_miou", "holdout_selected": "holdout_miou", "val_last": "val_miou_last",
           "holdout_last": "holdout_miou_last"}
-CPU_WAIT_ENV, CPU_WAIT_S = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 24 * 3600  # let_runs_wait_for_cpus
 SD_RULE = ("A difference is marked *not separated* when |difference| < sd(model) + sd(SupOnly): the two "
            "means are closer than their two sample sds (ddof 1) added, so these seeds do not tell them apart.")
 
@@ -243,13 +242,17 @@ def resolve_parallel(value: int | str, runs: list[StudyRun]) -> tuple[int, str]:
     return auto_parallel(runs[0].cfg.ray.address, cluster_cpus(), max(cpus_per_run(r) for r in runs), len(runs))
 
 
+CPU_WAIT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train's, 60 s by default
+CPU_WAIT_S = 24 * 3600
+
+
 def let_runs_wait_for_cpus(parallel: int | str, rc: RayConfig, environ=os.environ) -> bool:
     """Before the study starts a local Ray for runs at once (`--parallel N`, N >= 2): a run whose stage
     finds too few free CPUs waits for another run's stage to end, often minutes, and Ray Train calls a
     worker group that has not started in 60 s a failure, printing a 30-line "Training failed due to
     controller error" each minute while it waits and tries again. The study makes Ray Train's timeout a
     day in the environment its Ray's processes inherit, unless the variable is set. True when it did."""
-    if parallel == "auto" or int(parallel) < 2 or CPU_WAIT_ENV in environ or not starts_local_ray(rc):
+    if parallel == "auto" or parallel < 2 or CPU_WAIT_ENV in environ or not starts_local_ray(rc):
         return False
     environ[CPU_WAIT_ENV] = str(CPU_WAIT_S)
     return True
