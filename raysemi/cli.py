@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--space", required=True, help="search space YAML (see experiments/*/tune_*.yaml)")
 
-    p = sub.add_parser("study", help="seed study: each config's pipeline (rwms, ucc or unimatch) once per (split seed, seed) "
+    p = sub.add_parser("study", help="seed study: each config's pipeline (rwms, pseudo-label: RWMS's teachers and pass, ucc or "
+                       "unimatch) once per (split seed, seed) "
                        "in DIR/<config>/split<K>-seed<S>/, then DIR/study.csv, study.md (mean ± sd) and study.png")
     from raysemi.pipelines.study import add_arguments as study_arguments  # its --config is repeatable
 

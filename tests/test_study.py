@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -250,6 +251,59 @@ def test_guided_ucc_reads_the_rwms_run_of_its_seeds(tmp_path):
     assert rwms[1] == str(tmp_path / "s" / "rwms" / "split0-seed1")
     with pytest.raises(study.ConfigError, match=r"ucc_guided.yaml: ucc.guidance_run 'study:rwms' needs an RWMS config"):
         study.plan_runs(str(tmp_path / "s"), [str(guided), SMOKE_RWMS], ["ucc", "rwms"], [0], None)
+
+
+def test_guided_ucc_reads_the_teachers_of_a_pseudo_label_run_and_its_t1_is_suponly(tmp_path):
+    """Method pseudo-label (RWMS's teachers and their pass alone) is a guidance source as an RWMS run is:
+    its rows are T1 and T2, and the guided UCC's SupOnly is its T1 (the same training)."""
+    guided = tmp_path / "ucc_guided.yaml"
+    guided.write_text(f"extends: {REPO / 'experiments/smoke/ucc_guided.yaml'}\nucc: {{guidance_run: 'study:rwms'}}\n")
+    runs = study.plan_runs(str(tmp_path / "s"), [SMOKE_RWMS, str(guided)], ["pseudo-label", "ucc"], [0], None)
+    teachers, ucc = runs
+    assert ucc.cfg.ucc.guidance_run == teachers.run and ucc.guided_by is teachers and teachers.guided_by is None
+    assert study.cpus_per_run(teachers) == 2 * teachers.cfg.train.cpus_per_worker  # T1 and T2 at once
+    d = RunDir(teachers.run)
+    for stage, value in (("t1", 0.30), ("t2", 0.28), ("s1", 0.5)):  # an s1 record is not this method's
+        d.update_stage(stage, status="done", val_miou=value + 0.1, holdout_miou=value, best_epoch=3)
+    RunDir(ucc.run).update_stage("ucc", status="done", val_miou=0.45, holdout_miou=0.33, best_epoch=3)
+    rows, notes = study.collect_rows(runs)
+    assert [(r["config"], r["method"], r["model"], r["holdout_selected"]) for r in rows] == [
+        ("rwms", "pseudo-label", "T1", 0.30), ("rwms", "pseudo-label", "T2", 0.28),
+        ("ucc_guided", "ucc", "UCC", 0.33), ("ucc_guided", "ucc", "SupOnly", 0.30)]
+    assert "ucc_guided: SupOnly is rwms's T1 for the same seeds" in " ".join(notes)
+
+
+def test_a_guided_run_started_beside_its_rwms_run_waits_for_the_pass(tmp_path, monkeypatch, capsys):
+    """--parallel 2 without Ray: the runs' pipelines are replaced. The guided run is started at once beside
+    its source, which writes its pass record after a while: the guided run starts only after it (without
+    the wait it would start first and fail on a missing pass). A source that fails before its pass lets
+    its guided run go on, to UCC's own error, instead of waiting for ever."""
+    monkeypatch.setattr(study, "PASS_POLL_S", 0.05)
+    guided = tmp_path / "ucc_guided.yaml"
+    guided.write_text(f"extends: {REPO / 'experiments/smoke/ucc_guided.yaml'}\nucc: {{guidance_run: 'study:rwms'}}\n")
+    runs = study.plan_runs(str(tmp_path / "s"), [SMOKE_RWMS, str(guided)], ["pseudo-label", "ucc"], [0, 1], None)
+    events = []
+
+    def fake_run(run):
+        if run.method == "pseudo-label":
+            time.sleep(0.4 + 0.6 * run.seed)
+            if run.seed == 1:
+                events.append(("failed", run.label))
+                raise RuntimeError("teachers died")
+            RunDir(run.run).update_stage(study.PASS_STAGE, status="done")
+            events.append(("pass", run.label))
+            time.sleep(0.2)  # the source run goes on after its pass (RWMS's students)
+        else:
+            events.append(("start", run.label))
+
+    monkeypatch.setattr(study, "run_one", fake_run)
+    failed = study.run_all([runs[0], runs[2], runs[1], runs[3]], parallel=4)
+    assert failed == {"rwms/split0-seed1": "RuntimeError: teachers died"}
+    assert events.index(("pass", "rwms/split0-seed0")) < events.index(("start", "ucc_guided/split0-seed0"))
+    assert events.index(("failed", "rwms/split0-seed1")) < events.index(("start", "ucc_guided/split0-seed1"))
+    # each waits for its own source only: seed 0's guided run starts before seed 1's source ends
+    assert events.index(("start", "ucc_guided/split0-seed0")) < events.index(("failed", "rwms/split0-seed1"))
+    assert "ucc_guided/split0-seed0: waits for the teachers' pass of rwms/split0-seed0" in capsys.readouterr().out
 
 
 def test_plan_names_seeds_and_overrides(tmp_path):

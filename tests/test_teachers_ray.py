@@ -123,12 +123,18 @@ def test_smoke_pseudo_label_after_smoke_teachers(teachers_run, camvid_root):
 def test_rwms_guided_ucc_trains_on_the_teachers_pass_then_rerun_skips(teachers_run, camvid_root, tmp_path, capsys):
     """`raysemi ucc` with experiments/smoke/ucc_guided.yaml on this module's smoke teachers and their pass:
     UCC reads the pair's table (U1 first, the rank weights), trains, and a rerun trains nothing; a run
-    without a finished pass is refused before Ray starts."""
-    from raysemi.pipelines.pseudo import run_pseudo
+    without a finished pass is refused before Ray starts. The pass comes from `raysemi study --method
+    pseudo-label`'s pipeline, the teachers and their pass alone: the teachers are done, so it trains nothing
+    and confirms their records."""
+    from raysemi.pipelines.rwms import run_rwms_teachers
 
-    cfg, run, _ = teachers_run
-    run_pseudo(cfg, run)  # done by an earlier test (skipped then), or now when this test runs alone
-    table = run.stage("pseudo_teachers")["table"]
+    cfg, run, records = teachers_run
+    capsys.readouterr()
+    found = run_rwms_teachers(cfg, run)  # the pass: done by an earlier test (skipped then), or now when run alone
+    assert "[t1] stage 1/3 already done with these inputs" in capsys.readouterr().out
+    assert [found[s]["checkpoint"] for s in ("t1", "t2")] == [records[s]["checkpoint"] for s in ("t1", "t2")]
+    assert all(is_current(run.stage(s)) and run.stage(s)["status"] == "done" for s in ("t1", "t2", "pseudo_teachers"))
+    table = found["pseudo_teachers"]["table"]
     guided = tmp_path / "guided"
     args = ["ucc", "--config", str(REPO / "experiments/smoke/ucc_guided.yaml"), "--run", str(guided),
             "--data-root", str(camvid_root), *FAST_ARGS, "--set", "train.epochs=1", "--set", f"ucc.guidance_run={run.root}"]

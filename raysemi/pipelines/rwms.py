@@ -76,6 +76,25 @@ def u1_and_u2(cfg: Config, plan: DataPlan, pass_rec: dict) -> tuple[list[Item], 
     return ([it for i, it in enumerate(ordered) if i in picked], [it for i, it in enumerate(ordered) if i not in picked])
 
 
+def _start(cfg: Config, run: RunDir, stages: list[str]) -> DataPlan:
+    """The command's stages planned, then its data planned and checked, then Ray."""
+    run.plan_stages(stages)
+    plan = plan_data(cfg, run)  # after the plan: a run refused here keeps no earlier config's records current
+    check_items(plan.labeled + plan.val)
+    init_ray(cfg.ray)
+    return plan
+
+
+def run_rwms_teachers(cfg: Config, run: RunDir) -> dict[str, dict]:
+    """RWMS's first stages alone: the teacher pair, their pass and the reliability split (`raysemi study
+    --method pseudo-label`), the table RWMS-guided UCC reads, without the students. The stages are
+    run_rwms's, so `raysemi rwms` on the same directory later trains only the students and comparisons.
+    Returns {stage: record} of t1, t2 and pseudo_teachers."""
+    plan = _start(cfg, run, ["t1", "t2", "pseudo_teachers"])
+    teachers = run_teachers(cfg, run, plan)
+    return {**teachers, "pseudo_teachers": run_pseudo(cfg, run, plan=plan)}
+
+
 def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
     """Every stage in order; returns {stage: manifest record} of the stages in the final table."""
     rw = cfg.rwms
@@ -86,10 +105,7 @@ def run_rwms(cfg: Config, run: RunDir) -> dict[str, dict]:
     if "suponly" in rw.compare and suponly_is_t1:
         print("[suponly] the student model and schedule are T1's: SupOnly is T1")
     compared = [s for s in ("suponly", "baseline", "oracle") if s in rw.compare and not (s == "suponly" and suponly_is_t1)]
-    run.plan_stages(["t1", "t2", "pseudo_teachers", *compared, "s1", *(["pseudo_s1", "s2"] if rw.phases == 2 else [])])
-    plan = plan_data(cfg, run)  # after the plan: a run refused here keeps no earlier config's records current
-    check_items(plan.labeled + plan.val)
-    init_ray(cfg.ray)
+    plan = _start(cfg, run, ["t1", "t2", "pseudo_teachers", *compared, "s1", *(["pseudo_s1", "s2"] if rw.phases == 2 else [])])
     teachers = run_teachers(cfg, run, plan)
     pass_rec = run_pseudo(cfg, run, plan=plan)
     table = pass_rec["table"]

@@ -1,6 +1,7 @@
-"""`raysemi study`: seed studies. Each config runs its whole pipeline (RWMS, UCC or UniMatch) once per
-(split seed, seed), each run in its own run directory, then one table gives every model's mean and
-sample sd over the seeds instead of one seed's number.
+"""`raysemi study`: seed studies. Each config runs its whole pipeline (RWMS, UCC or UniMatch; or, method
+pseudo-label, RWMS's teachers and their pass alone, for RWMS-guided UCC runs) once per (split seed, seed),
+each run in its own run directory, then one table gives every model's mean and sample sd over the seeds
+instead of one seed's number.
 
 Layout of the study's directory DIR:
   study.yaml                      the study's arguments and its runs
@@ -22,6 +23,7 @@ import io
 import os
 import statistics
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,16 +36,19 @@ from raysemi.data.items import DataError
 from raysemi.figures import RELIABLE_COLOUR, UNRELIABLE_COLOUR, new_figure, save_png
 from raysemi.methods.metrics import percent
 from raysemi.pipelines.common import same_training
-from raysemi.pipelines.rwms import run_rwms, student_config
+from raysemi.pipelines.pseudo import STAGE as PASS_STAGE
+from raysemi.pipelines.rwms import run_rwms, run_rwms_teachers, student_config
 from raysemi.pipelines.ucc import run_ucc
 from raysemi.pipelines.unimatch import run_unimatch
 from raysemi.ray_start import init_ray, starts_local_ray
 from raysemi.rundir import RunDir, is_current
 
-METHODS = ("rwms", "ucc", "unimatch")
-PIPELINES = {"rwms": run_rwms, "ucc": run_ucc, "unimatch": run_unimatch}
+# "pseudo-label": RWMS's teachers and their pass alone, the source of RWMS-guided UCC runs without the students
+METHODS = ("rwms", "pseudo-label", "ucc", "unimatch")
+PIPELINES = {"rwms": run_rwms, "pseudo-label": run_rwms_teachers, "ucc": run_ucc, "unimatch": run_unimatch}
+TEACHER_METHODS = ("rwms", "pseudo-label")  # the methods whose runs train T1 and T2 and their pass
 # The training stages of each pipeline that the table reads, in table order, and their names there.
-STAGES = {"rwms": ("t1", "t2", "suponly", "baseline", "s1", "s2", "oracle"),
+STAGES = {"rwms": ("t1", "t2", "suponly", "baseline", "s1", "s2", "oracle"), "pseudo-label": ("t1", "t2"),
           "ucc": ("suponly", "ucc", "oracle"), "unimatch": ("suponly", "unimatch", "oracle")}
 MODEL_NAMES = {"t1": "T1", "t2": "T2", "suponly": "SupOnly", "baseline": "Baseline", "s1": "S1", "s2": "S2",
                "oracle": "Oracle", "ucc": "UCC", "unimatch": "UniMatch"}
@@ -125,6 +130,7 @@ class StudyRun:
     seed: int
     run: str  # the run directory
     cfg: Config = field(repr=False)
+    guided_by: StudyRun | None = field(default=None, repr=False)  # a guided UCC run's RWMS run in the study
 
     @property
     def label(self) -> str:
@@ -186,17 +192,20 @@ def plan_runs(root: str, configs: list[str], methods: list[str], seeds: list[int
 def _guide_by_the_studys_rwms_runs(runs: list[StudyRun]) -> None:
     """Point each RWMS-guided UCC run whose ucc.guidance_run is "study:rwms" at the study's RWMS run with
     its split seed and seed (the first RWMS config's), which must come before it in the plan: a study
-    runs in plan order, so with --parallel 1 the pass it reads has finished when it starts."""
+    runs in plan order, so with --parallel 1 the pass it reads has finished when it starts; with more, the
+    guided run waits for it (`wait_for_pass`). The source is a run of method rwms or pseudo-label."""
     for k, r in enumerate(runs):
         uc = r.cfg.ucc
         if r.method != "ucc" or uc.guidance != "rwms" or uc.guidance_run != STUDY_RWMS:
             continue
-        source = next((o for o in runs[:k] if o.method == "rwms" and (o.split_seed, o.seed) == (r.split_seed, r.seed)),
-                      None)
+        source = next((o for o in runs[:k] if o.method in TEACHER_METHODS
+                       and (o.split_seed, o.seed) == (r.split_seed, r.seed)), None)
         if source is None:
             raise ConfigError(f"{r.config}: ucc.guidance_run {STUDY_RWMS!r} needs an RWMS config before it in the "
-                              f"study (--config ... --method rwms first) for split seed {r.split_seed}, seed {r.seed}")
+                              f"study (--config ... --method rwms or pseudo-label first) for split seed "
+                              f"{r.split_seed}, seed {r.seed}")
         r.cfg = replace(r.cfg, ucc=replace(uc, guidance_run=source.run))
+        r.guided_by = source
 
 
 def cpus_per_run(run: StudyRun) -> int:
@@ -204,8 +213,8 @@ def cpus_per_run(run: StudyRun) -> int:
     and then S1 beside the comparisons; UCC, UniMatch: the method beside each of its compare stages) times
     a stage's CPUs."""
 
-    if run.method == "rwms":
-        lanes, schedules = 2, [run.cfg.train, student_config(run.cfg).train]
+    if run.method in TEACHER_METHODS:  # the teachers' two lanes; RWMS's students' too
+        lanes, schedules = 2, [run.cfg.train, *([student_config(run.cfg).train] if run.method == "rwms" else [])]
     else:
         lanes, schedules = 1 + len(compare_of(run)), [run.cfg.train]
     return max(lanes * tc.num_workers * tc.cpus_per_worker for tc in schedules)
@@ -278,17 +287,44 @@ def run_one(run: StudyRun) -> None:
     print(f"[study] {run.label}: finished")
 
 
+PASS_POLL_S = 20  # how often a waiting guided run reads its RWMS run's manifest
+
+
+def wait_for_pass(run: StudyRun, source_ended: threading.Event, poll_s: float = PASS_POLL_S) -> None:
+    """Block a guided UCC run until its RWMS run's teachers' pass is done and current, or that run has
+    ended (then UCC's own check says what is missing). Runs start in plan order, the source first, so
+    with --parallel N the guided run may start while its teachers still train: without the wait it
+    would fail at once on a pass that has not finished."""
+    source = run.guided_by
+
+    def pass_done() -> bool:
+        rec = RunDir(source.run).stage(PASS_STAGE)
+        return is_current(rec) and rec.get("status") == "done"
+
+    if source_ended.is_set() or pass_done():
+        return
+    print(f"[study] {run.label}: waits for the teachers' pass of {source.label}")
+    while not source_ended.wait(poll_s) and not pass_done():
+        pass
+
+
 def run_all(runs: list[StudyRun], parallel: int) -> dict[str, str]:
-    """Every run, `parallel` at once (threads: each blocks while its Ray Train runs train). Returns
-    {run label: error} of the runs that failed; the others go on."""
+    """Every run, `parallel` at once (threads: each blocks while its Ray Train runs train), a guided UCC
+    run once its RWMS run's pass is done. Returns {run label: error} of the runs that failed; the others
+    go on."""
     failed: dict[str, str] = {}
+    ended = {r.label: threading.Event() for r in runs}
 
     def guarded(run: StudyRun) -> None:
         try:
+            if run.guided_by is not None and run.guided_by.label in ended:  # not when --rows holds its rows
+                wait_for_pass(run, ended[run.guided_by.label])
             run_one(run)
         except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
             failed[run.label] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             print(f"[study] {run.label}: failed: {failed[run.label]}", file=sys.stderr)
+        finally:
+            ended[run.label].set()
 
     with ThreadPoolExecutor(max(1, parallel)) as pool:
         list(pool.map(guarded, runs))
@@ -311,7 +347,8 @@ def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, 
     For RWMS, when rwms.compare has 'suponly' and no 'suponly' stage exists, SupOnly is T1 (run_rwms
     does not train it twice): its row is T1's record. Notes come back beside the rows."""
     stages = manifest.get("stages", {})
-    own = ({"t1", "t2", "s1"} | ({"s2"} if phases == 2 else set())) if method == "rwms" else {method}
+    own = ({"t1", "t2", "s1"} | ({"s2"} if phases == 2 else set())) if method == "rwms" else \
+        {"t1", "t2"} if method == "pseudo-label" else {method}
     trained = own | set(compare)
     rows, notes = [], []
 
@@ -344,8 +381,9 @@ def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, 
 
 
 def compare_of(run: StudyRun) -> list[str]:
-    """The comparison stages the run's pipeline trains beside the method (its config's `compare`)."""
-    return getattr(run.cfg, run.method).compare
+    """The comparison stages the run's pipeline trains beside the method (its config's `compare`; none
+    for the teachers and their pass alone)."""
+    return [] if run.method == "pseudo-label" else getattr(run.cfg, run.method).compare
 
 
 def collect_rows(runs: list[StudyRun]) -> tuple[list[dict], list[str]]:
@@ -358,7 +396,7 @@ def collect_rows(runs: list[StudyRun]) -> tuple[list[dict], list[str]]:
         got, got_notes = manifest_rows(RunDir(r.run).manifest(), config=r.name, method=r.method,
                                        split_seed=r.split_seed, seed=r.seed, run=r.run, compare=compare,
                                        phases=r.cfg.rwms.phases)
-        if r.method != "rwms" and "suponly" not in compare and got:  # over the seeds the method has finished
+        if r.method not in TEACHER_METHODS and "suponly" not in compare and got:  # over the seeds it finished
             stand_in = _rwms_t1_as_suponly(r, runs)
             if stand_in:
                 got.append(stand_in[0])
@@ -373,7 +411,7 @@ def _rwms_t1_as_suponly(run: StudyRun, runs: list[StudyRun]) -> tuple[dict, str]
     train (the single-head model cfg.model on the labeled images), or None."""
 
     for other in runs:
-        if other.method != "rwms" or (other.split_seed, other.seed) != (run.split_seed, run.seed):
+        if other.method not in TEACHER_METHODS or (other.split_seed, other.seed) != (run.split_seed, run.seed):
             continue
         if not same_training(run.cfg, run.cfg.model, other.cfg, other.cfg.teachers.t1):
             continue
