@@ -333,6 +333,39 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return sample
 
 
+class DecodedOnce(torch.utils.data.Dataset):
+    """A dataset whose samples are decoded on first use and kept, up to `max_bytes` in all (masks as
+    uint8, given back as int64): a training loop scores the same evaluation sets at every evaluation,
+    and decoding their PNGs again each time is about 40% of an evaluation at small inputs. Samples past
+    the budget (Cityscapes' native masks would be gigabytes) are decoded each time, as without it."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, max_bytes: int):
+        self.dataset = dataset
+        self.max_bytes = max_bytes
+        self.kept: dict[int, dict] = {}
+        self.kept_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.kept.get(i)
+        if sample is None:
+            sample = self.dataset[i]
+            small = {**sample, "mask": sample["mask"].to(torch.uint8)} if _mask_fits_uint8(sample) else sample
+            size = sum(v.numel() * v.element_size() for v in small.values() if isinstance(v, torch.Tensor))
+            if self.kept_bytes + size <= self.max_bytes:
+                self.kept[i] = small
+                self.kept_bytes += size
+            return sample
+        return {**sample, "mask": sample["mask"].long()} if "mask" in sample else dict(sample)
+
+
+def _mask_fits_uint8(sample: dict) -> bool:
+    mask = sample.get("mask")
+    return mask is not None and (mask.numel() == 0 or (int(mask.min()) >= 0 and int(mask.max()) <= 255))
+
+
 def load_image_at(path: str, image_size: list[int] | tuple[int, int] | None) -> np.ndarray:
     """The image as the students will load it: uint8 HxWx3, resized like SegmentationDataset.load."""
     image = load_image(path)  # DataError naming the path if it cannot be decoded

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from raysemi import storage
 from raysemi.config import ModelConfig, TrainConfig, from_dict
 from raysemi.console import quiet_ray_train_reports
-from raysemi.data.datasets import SegmentationDataset, dataset_info
+from raysemi.data.datasets import DecodedOnce, SegmentationDataset, dataset_info
 from raysemi.data.items import items_from_rows
 from raysemi.data.loaders import rank_generator, rank_seed
 from raysemi.data.transforms import WeakAugment
@@ -49,6 +49,10 @@ from raysemi.models import build_model
 from raysemi.rundir import duration
 from raysemi.train.checkpoint import (BEST_FILE, STATE_FILE, cpu_state_dict, load_bundle, load_torch, make_bundle,
                                       save_torch, unwrap)
+
+# Each evaluation set a worker keeps decoded between evaluations, at most (CamVid's val at native
+# masks: about 20 MB; beyond the budget the rest is decoded at every evaluation, as before)
+EVAL_SET_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -423,12 +427,13 @@ def _evaluate_and_checkpoint(run: _Run, progress: _Progress, epoch: int, log: _L
     log.publish()
 
 
-def _eval_sets(job: TrainJob, tc: TrainConfig, info, rank: int, world: int) -> dict[str, SegmentationDataset]:
+def _eval_sets(job: TrainJob, tc: TrainConfig, info, rank: int, world: int) -> dict[str, DecodedOnce]:
     """val and, when the run holds images out, holdout: this rank's share of each, the masks at their
-    native size unless train.eval_at is "input"."""
+    native size unless train.eval_at is "input", each decoded once and kept for the later evaluations."""
     rows = {"val": job.val_items, **({"holdout": job.holdout_items} if job.holdout_items else {})}
-    return {name: SegmentationDataset(items_from_rows(items[rank::world]), info, _size(job.image_size),
-                                      native_masks=tc.eval_at == "native") for name, items in rows.items()}
+    return {name: DecodedOnce(SegmentationDataset(items_from_rows(items[rank::world]), info, _size(job.image_size),
+                                                  native_masks=tc.eval_at == "native"), EVAL_SET_BYTES)
+            for name, items in rows.items()}
 
 
 def _score(model: nn.Module, sets: dict, job: TrainJob, tc: TrainConfig, device, world: int) -> dict[str, np.ndarray]:

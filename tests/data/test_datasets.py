@@ -8,6 +8,7 @@ from PIL import Image
 from raysemi.data.datasets import (
     DATASETS,
     IGNORE_INDEX,
+    DecodedOnce,
     SegmentationDataset,
     dataset_info,
     folder_info,
@@ -150,6 +151,28 @@ def test_folder_layout(synthetic_dir):
     assert all(it.id.startswith("train/images/unlabeled_") for it in unlabeled)
     assert labeled[0].mask.endswith("train/masks/train_0000.png")
     assert len(list_items("folder", synthetic_dir, "val")) == 8
+
+
+def test_an_evaluation_set_is_decoded_once_within_its_budget(synthetic_dir, monkeypatch):
+    """DecodedOnce gives the samples the dataset gives (masks int64), reads each image
+    once while they fit the budget, and decodes the rest every time, as without it."""
+    items = list_items("folder", synthetic_dir, "val")[:3]
+    ds = SegmentationDataset(items, folder_info(3), (32, 32), native_masks=True)
+    reads = []
+    real_load = ds.load
+    monkeypatch.setattr(ds, "load", lambda i: reads.append(i) or real_load(i))
+    one = 3 * 32 * 32 * 4 + 64 * 64  # a float32 image at its input size, a uint8 mask at its native size
+    kept = DecodedOnce(ds, max_bytes=2 * one)
+    first = [kept[i] for i in range(3)]
+    second = [kept[i] for i in range(3)]
+    assert reads == [0, 1, 2, 2]  # the third is past the budget: decoded again
+    assert kept.kept_bytes == 2 * one and sorted(kept.kept) == [0, 1]
+    for a, b in zip(first, second):
+        assert b["mask"].dtype == torch.int64 and b["mask"].shape == (64, 64)
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["image"], b["image"])
+        assert (a["id"], a["index"]) == (b["id"], b["index"])
+    reference = ds[0]
+    assert torch.equal(second[0]["mask"], reference["mask"]) and torch.equal(second[0]["image"], reference["image"])
 
 
 def test_missing_root_and_split(tmp_path):
