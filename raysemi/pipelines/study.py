@@ -347,8 +347,10 @@ def manifest_rows(manifest: dict, *, config: str, method: str, split_seed: int, 
     For RWMS, when rwms.compare has 'suponly' and no 'suponly' stage exists, SupOnly is T1 (run_rwms
     does not train it twice): its row is T1's record. Notes come back beside the rows."""
     stages = manifest.get("stages", {})
-    own = ({"t1", "t2", "s1"} | ({"s2"} if phases == 2 else set())) if method == "rwms" else \
-        {"t1", "t2"} if method == "pseudo-label" else {method}
+    if method == "rwms":
+        own = {"t1", "t2", "s1"} | ({"s2"} if phases == 2 else set())
+    else:
+        own = set(STAGES[method]) if method == "pseudo-label" else {method}
     trained = own | set(compare)
     rows, notes = [], []
 
